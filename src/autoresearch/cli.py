@@ -134,5 +134,189 @@ def hardware(
     console.print(table)
 
 
+@app.command()
+def init(
+    tag: str = typer.Argument(..., help="Name of this research run, e.g. mar5; the branch is autoresearch/<tag>."),
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder (created if missing)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", envvar="AUTORESEARCH_BACKEND", help="mlx, mps, cuda, cpu or auto (default: detected)."
+    ),
+    profile: str = typer.Option("tiny", "--profile", "-p", help="Constants every experiment is judged by: tiny, laptop, datacenter."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Data source (default: the profile's)."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds per experiment (default: the profile's)."),
+    kill: float = typer.Option(600.0, "--kill", help="Hard limit of one run in seconds, start-up included; then it is killed."),
+) -> None:
+    """Make a research workspace: git repo, training script, program.md, branch autoresearch/<tag>.
+
+    Settings go to .autoresearch/config.toml (committed).
+    results.tsv and the run logs in .autoresearch/runs/ stay out of git.
+    Files that already exist are never overwritten.
+    """
+    from .loop.config import init_workspace
+
+    with user_errors():
+        report = init_workspace(folder, tag, backend=backend, profile=profile, source=source, budget=budget, kill=kill)
+    cfg = report.config
+    made = " (new git repository)" if report.created_repo else ""
+    console.print(f"[green]initialized[/] workspace [bold]{report.path}[/]{made}", highlight=False)
+    console.print(f"  branch:   [bold]{report.branch}[/] at {report.commit}", highlight=False)
+    console.print(
+        f"  settings: backend {cfg.backend}, profile {cfg.profile}, source {cfg.source}, "
+        f"budget {cfg.budget:g} s, kill {cfg.kill:g} s",
+        highlight=False,
+    )
+    console.print(f"  edit:     {cfg.editable} (the agent's instructions are in program.md)", highlight=False)
+    if report.written:
+        console.print(f"  wrote:    {', '.join(report.written)}", highlight=False)
+    if report.kept:
+        console.print(f"  kept:     {', '.join(report.kept)} (already there, not overwritten)", highlight=False)
+    if report.data_warning:
+        err_console.print(f"[bold yellow]warning:[/] {report.data_warning}", highlight=False, soft_wrap=True)
+    console.print("next: [bold]ar run[/] to record the baseline", highlight=False)
+
+
+@app.command()
+def run(
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", help="Training seconds for this run only (a smoke test): recorded with '(budget N s)' in its description and never the best to beat."
+    ),
+    kill: Optional[float] = typer.Option(None, "--kill", help="Hard limit in seconds for this run (default: the workspace's)."),
+    description: Optional[str] = typer.Option(
+        None, "--description", "-m", help="What the experiment tried (default: the commit message; 'baseline' for the first)."
+    ),
+) -> None:
+    """Train the editable script once, the way the loop does, and record it.
+
+    The row it adds to results.tsv:
+    keep: the first result on this branch (the baseline), or a new best;
+    discard: val_bpb equal to or worse than the best kept on this branch;
+    crash: no val_bpb, or killed at the hard limit.
+
+    A --budget smoke test is recorded with "(budget N s)" in its description and never
+    becomes the best that later runs must beat. Only in .autoresearch/runs/runs.jsonl,
+    not in results.tsv: interrupted runs and runs with uncommitted changes to the script.
+    Each run's full output is kept in .autoresearch/runs/<n>-<commit>.log.
+
+    Exit code: 0 with a val_bpb, 1 for a crash or timeout, 130 when interrupted.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .loop.runner import run_once
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
+    task = bar.add_task("training", total=100, info="starting")
+
+    def on_start(number: int, log_path: Path) -> None:
+        console.print(f"run {number}: log in {log_path}", highlight=False)
+        bar.start()
+
+    def on_progress(fields: dict) -> None:
+        info = []
+        for key, fmt in (("step", "step {}"), ("loss", "loss {:.4f}"), ("tok_per_s", "{:,.0f} tok/s"), ("remaining_s", "{:.0f} s left")):
+            if isinstance(fields.get(key), (int, float)):
+                info.append(fmt.format(fields[key]))
+        pct = fields.get("pct")
+        bar.update(task, completed=pct if isinstance(pct, (int, float)) else None, info="  ".join(info))
+
+    try:
+        with user_errors():
+            outcome = run_once(folder, budget=budget, kill=kill, description=description, on_progress=on_progress, on_start=on_start)
+    finally:
+        bar.stop()
+    res = outcome.result
+    colour = {"keep": "green", "discard": "yellow", "crash": "red"}.get(outcome.recorded or "", "cyan")
+    if res.status == "ok":
+        console.print(
+            f"val_bpb [bold]{res.val_bpb:.6f}[/]  memory {res.memory_gb:.1f} GB  {res.seconds:.1f} s",
+            highlight=False,
+        )
+    else:
+        console.print(f"[bold red]{res.status}[/] after {res.seconds:.1f} s: {res.reason}", highlight=False)
+        for line in res.log_tail[-15:]:
+            console.print("  " + line, style="dim", highlight=False, markup=False)
+    label = outcome.recorded or "not recorded in results.tsv"
+    console.print(f"[{colour}]{label}[/]: {outcome.note}", highlight=False)
+    console.print(f"log: {res.log_path}", highlight=False)
+    if res.status == "interrupted":
+        raise typer.Exit(130)
+    if res.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (rows and summary) for scripts."),
+    last: Optional[int] = typer.Option(None, "--last", "-n", min=1, help="Show only the last N rows (the summary covers all)."),
+) -> None:
+    """Show results.tsv: every experiment, its change against the best before it, and a summary."""
+    import json
+
+    from .loop.config import RESULTS_NAME
+    from .loop.results import TABLE_COLUMNS, best_before, read_results, summarize, table_rows
+
+    with user_errors():
+        rows = read_results(folder / RESULTS_NAME)
+    summary = summarize(rows)
+    if as_json:
+        out = [
+            {"n": i, **r.as_dict(), "best_before": b, "delta": (r.val_bpb - b) if b is not None and r.status != "crash" else None}
+            for i, (r, b) in enumerate(zip(rows, best_before(rows)), start=1)
+        ]
+        typer.echo(json.dumps({"rows": out, "summary": summary.as_dict()}, indent=1))
+        return
+    from rich.text import Text
+
+    # One Text with fixed-width columns instead of a rich Table: same look, and 10,000
+    # rows render in a fraction of a second.
+    cells = table_rows(rows)[-last:] if last else table_rows(rows)
+    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(TABLE_COLUMNS[:-1])]
+    right = {0, 2, 3, 4}
+    status_style = {"keep": "green", "discard": "bright_black", "crash": "red"}
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for k, name in enumerate(TABLE_COLUMNS[:-1]):
+        text.append((name.rjust if k in right else name.ljust)(widths[k]) + "  ", style="bold")
+    text.append(TABLE_COLUMNS[-1] + "\n", style="bold")
+    for c in cells:
+        for k in range(len(TABLE_COLUMNS) - 1):
+            style = status_style[c[5]] if k == 5 else None
+            if k == 3 and c[3].strip("+-0."):  # a nonzero change: green is better
+                style = "green" if c[3].startswith("-") else "red"
+            text.append((c[k].rjust if k in right else c[k].ljust)(widths[k]), style=style)
+            text.append("  ")
+        text.append(c[6] + "\n")
+    text.rstrip()
+    console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
+    line = f"{summary.experiments} experiments, {summary.kept} kept, {summary.discarded} discarded, {summary.crashed} crashed"
+    if summary.baseline is not None:
+        line += f"; baseline {summary.baseline:.6f} -> best {summary.best:.6f}"
+        line += f" ({-summary.improvement:+.6f}, {-summary.improvement_pct:+.2f}%)"
+    console.print(line, highlight=False)
+
+
+@app.command()
+def plot(
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: progress.png in the workspace)."),
+) -> None:
+    """Draw val_bpb over the experiments: kept ones green and labelled, the running best, crashes."""
+    from .loop.config import RESULTS_NAME
+    from .loop.results import read_results
+    from .plot import plot_progress
+
+    with user_errors():
+        rows = read_results(folder / RESULTS_NAME)
+        path = plot_progress(rows, out or folder / "progress.png")
+    console.print(f"wrote {path} ({len(rows)} experiments)", highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()
