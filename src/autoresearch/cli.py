@@ -44,25 +44,33 @@ def user_errors() -> Iterator[None]:
 
 @contextlib.contextmanager
 def rich_progress() -> Iterator:
-    """A progress(label, done, total) callback drawn as Rich progress bars."""
+    """A progress(label, done, total) callback drawn as Rich progress bars.
+
+    The display starts with the first report, so work that turns out to be done already
+    prints nothing."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     tasks: dict[str, int] = {}
-    with Progress(
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
         TimeRemainingColumn(),
         console=console,
-        transient=False,
-    ) as bar:
+    )
 
-        def progress(label: str, done: int, total: Optional[int]) -> None:
-            if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
-            bar.update(tasks[label], completed=done, total=total)
+    def progress(label: str, done: int, total: Optional[int]) -> None:
+        if not tasks:
+            bar.start()
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
 
+    try:
         yield progress
+    finally:
+        if tasks:
+            bar.stop()
 
 
 @app.command()
@@ -78,7 +86,8 @@ def prepare(
     profile: str = typer.Option("tiny", "--profile", "-p", help="Constants to prepare for: tiny, laptop, datacenter."),
     path: Optional[Path] = typer.Option(None, "--path", help="With --source local: a folder of .parquet/.jsonl/.txt files."),
     num_shards: Optional[int] = typer.Option(
-        None, "--num-shards", "-n", min=1, help="Training shards to download (remote sources); the validation shard is always fetched."
+        None, "--num-shards", "-n", min=1, help="climbmix: training shards to download (the pinned validation shard always comes too); "
+        "tinystories: shards to cut the training file into."
     ),
     workers: int = typer.Option(8, "--workers", min=1, help="Parallel downloads."),
 ) -> None:
