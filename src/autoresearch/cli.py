@@ -327,5 +327,117 @@ def plot(
     console.print(f"wrote {path} ({len(rows)} experiments)", highlight=False)
 
 
+def _hardware_line(backend: str) -> str:
+    """One line about this machine for the proposer."""
+    from .backends import detect_hardware
+
+    described = detect_hardware().describe()
+    return ", ".join(f"{k} {v}" for k, v in described.items()) + f"; backend {backend}"
+
+
+@app.command()
+def loop(
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    proposer: Optional[str] = typer.Option(
+        None, "--proposer", help="anthropic, openai or offline (default: anthropic when ANTHROPIC_API_KEY is set, else offline: no LLM)."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", help="The proposer's model (default: the proposer's own)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="The proposer's API endpoint (a proxy, a local OpenAI-compatible server)."),
+    max_experiments: Optional[int] = typer.Option(
+        None, "--max-experiments", "-n", min=0, help="Stop after this many experiments in this call (the baseline is not counted)."
+    ),
+    max_hours: Optional[float] = typer.Option(None, "--max-hours", min=0, help="Start no experiment after this many hours."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0, help="Start no experiment once proposals have cost this many USD in this call."),
+    keep_rule: str = typer.Option(
+        "noise", "--keep-rule", help="noise: a gain must clear the measured noise floor (+2 runs at the start, +1 per marginal gain); "
+        "strict: any lower val_bpb is kept (upstream, no extra runs)."
+    ),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
+    ),
+    kill: Optional[float] = typer.Option(None, "--kill", help="Hard limit of one run in seconds (default: the workspace's)."),
+) -> None:
+    """Run the research loop: propose an edit, commit, train, keep or reset, record; repeat.
+
+    The first run on a branch is the unmodified script (the baseline). Every experiment is a
+    row in results.tsv and the branch's HEAD is always the best commit. Ctrl-C (or SIGTERM)
+    abandons the running experiment cleanly (its commit reset, nothing in results.tsv) and
+    stops; running `ar loop` again resumes, also after a crash or kill -9.
+
+    Exit code: 0 when a limit stopped it, 130 when interrupted.
+    """
+    from .data.profiles import get_profile
+    from .loop.config import check_limits, load_config, parse_seconds
+    from .loop.core import LoopSettings, ScriptRunner, run_loop
+    from .loop.display import make_display
+    from .loop.keep import NOISE_RUNS, check_rule
+    from .loop.proposers import get_proposer
+    from .loop.workspace import Workspace
+
+    with user_errors():
+        folder = folder.resolve()
+        cfg = load_config(folder)
+        check_rule(keep_rule)
+        run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
+        run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
+        check_limits(run_budget, run_kill)
+        cfg.run_context().check_prepared()
+        ws = Workspace.open(folder)
+        if ws.branch is None:
+            raise ArError(f"{folder} is on a detached HEAD; check out the run's branch (autoresearch/{cfg.tag}) first")
+        chosen = get_proposer(proposer, model=model, base_url=base_url)
+        prof = get_profile(cfg.profile)
+        settings = LoopSettings(
+            editable=cfg.editable,
+            budget=run_budget,
+            full_budget=cfg.budget,
+            keep_rule=keep_rule,
+            max_experiments=max_experiments,
+            max_hours=max_hours,
+            max_cost=max_cost,
+            hardware=_hardware_line(cfg.backend),
+            profile=f"{prof.name}: MAX_SEQ_LEN={prof.max_seq_len} TIME_BUDGET={run_budget:g} s "
+            f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",
+        )
+        runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill)
+
+    console.print(f"ar loop on [bold]{ws.branch}[/] in {folder}", highlight=False)
+    console.print(f"  proposer:  {chosen.name}", highlight=False)
+    if proposer is None and chosen.name == "offline":
+        console.print(
+            "  [yellow]no ANTHROPIC_API_KEY set:[/] the offline proposer needs no LLM; it tries changes of the "
+            f"numeric constants in {cfg.editable}. Set ANTHROPIC_API_KEY or pass --proposer for an LLM.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    rule = (
+        f"noise (the baseline runs {NOISE_RUNS} more times to measure the noise floor; a marginal gain runs once more)"
+        if keep_rule == "noise"
+        else "strict (any lower val_bpb is kept)"
+    )
+    console.print(f"  keep rule: {rule}", highlight=False, soft_wrap=True)
+    smoke = f" (smoke test: judged only against runs of {run_budget:g} s)" if run_budget != cfg.budget else ""
+    console.print(f"  budget:    {run_budget:g} s per run, killed after {run_kill:g} s{smoke}", highlight=False, soft_wrap=True)
+    limits = [f"{max_experiments} experiments" if max_experiments is not None else "",
+              f"{max_hours:g} hours" if max_hours is not None else "",
+              f"${max_cost:g}" if max_cost is not None else ""]
+    console.print(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}", highlight=False)
+
+    with user_errors(), make_display(console) as display:
+        report = run_loop(ws, chosen, runner, settings, on_event=display)
+    line = f"{report.experiments} experiments, {report.kept} kept, {report.crashed} crashed"
+    if report.baseline_run:
+        line += " (and the baseline)"
+    if report.best is not None:
+        at_head = " (HEAD)" if ws.head_commit() == report.best_commit else ""
+        line += f"; best val_bpb {report.best:.6f} at {report.best_commit}{at_head}"
+    if report.cost_usd:
+        line += f"; proposals cost ${report.cost_usd:.2f}"
+    console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"stopped: {report.stop_reason}. `ar results` shows every experiment; `ar loop` again resumes.", highlight=False, soft_wrap=True)
+    if report.interrupted:
+        raise typer.Exit(130)
+
+
 def main() -> None:  # pragma: no cover
     app()
