@@ -218,7 +218,7 @@ FINAL_LR_FRAC = 0.0  # final LR as a fraction of the initial LR
 COMPILE = BACKEND == "cuda"  # torch.compile on CUDA only; MPS and CPU run eager
 AUTOCAST = BACKEND in ("cuda", "mps") or cpu_has_fast_bf16()  # bf16 autocast (matmuls in bf16)
 UNTIMED_STEPS = 2  # the first steps (warm-up) are not timed
-SEED = 42
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))  # the loop varies it to measure run-to-run noise
 
 # ---------------------------------------------------------------------------
 # Setup: device, model, optimizer, dataloader

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import resource
 import sys
 import time
@@ -185,7 +186,7 @@ FINAL_LR_FRAC = 0.0  # final LR as a fraction of the initial LR
 DTYPE = mx.bfloat16 if mx.metal.is_available() else mx.float32  # bf16 on Apple GPUs; it is not faster on CPUs
 COMPILE = mx.metal.is_available()  # mx.compile the forward/backward pass (eager if that fails); no gain on CPUs
 UNTIMED_STEPS = 1  # the first step (warm-up) is not timed
-SEED = 42
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))  # the loop varies it to measure run-to-run noise
 
 # ---------------------------------------------------------------------------
 # Setup: model, optimizer, dataloader
