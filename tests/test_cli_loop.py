@@ -85,6 +85,9 @@ def ws(tmp_path, cli) -> Path:
     tok.mkdir(parents=True)
     (tok / "tokenizer.pkl").write_bytes(b"")
     (folder / "train.py").write_text(FAKE_TRAIN)
+    # The fake script prints its own val_bpb: opt out of the harness result channel.
+    cfg = folder / ".autoresearch" / "config.toml"
+    cfg.write_text(cfg.read_text() + 'metric = "printed"\n')
     git(folder, "commit", "-q", "-am", "fake training script")
     return folder
 

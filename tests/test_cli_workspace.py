@@ -108,7 +108,10 @@ def test_init_run_results_plot_end_to_end(tmp_path, cli):
     # Put the fake training script in place of the template, as a committed change.
     (ws / "train.py").write_text(FAKE_TRAIN)
     (ws / "bpb.txt").write_text("1.25")
-    git(ws, "add", "train.py", "bpb.txt")
+    # The fake script prints its own val_bpb: opt out of the harness result channel.
+    cfg = ws / ".autoresearch" / "config.toml"
+    cfg.write_text(cfg.read_text() + 'metric = "printed"\n')
+    git(ws, "add", "train.py", "bpb.txt", ".autoresearch/config.toml")
     git(ws, "commit", "-q", "-m", "fake training script")
 
     smoke = cli("run", "--dir", str(ws), "--budget", "2")
@@ -254,6 +257,8 @@ def test_ctrl_c_on_ar_run_stops_training_and_records_nothing(tmp_path, cli):
     assert cli("init", "int", "--dir", str(ws), "--backend", "cpu", "--budget", "20", "--kill", "60").exit_code == 0
     prepare_fake_data(tmp_path)
     (ws / "train.py").write_text(HANGING_TRAIN)
+    cfg = ws / ".autoresearch" / "config.toml"  # a fake script: no harness result channel
+    cfg.write_text(cfg.read_text() + 'metric = "printed"\n')
     git(ws, "commit", "-q", "-am", "hangs")
     proc = subprocess.Popen(
         [sys.executable, "-c", "from autoresearch.cli import app; app()", "run", "--dir", str(ws)],

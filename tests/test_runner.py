@@ -286,7 +286,7 @@ def workspace(tmp_path):
     write_script(folder, FAKE_TRAIN)
     (folder / "bpb.txt").write_text("1.5")
     (folder / ".gitignore").write_text("results.tsv\n.autoresearch/runs/\n")
-    write_config(folder, WorkspaceConfig(tag="t", backend="cpu", profile="tiny", source="builtin", budget=5, kill=30))
+    write_config(folder, WorkspaceConfig(tag="t", backend="cpu", profile="tiny", source="builtin", budget=5, kill=30, metric="printed"))
     ws.commit(["train.py", "bpb.txt", ".gitignore", ".autoresearch/config.toml"], "start")
     fake_prepared_data(tmp_path / "cache")
     return folder, ws

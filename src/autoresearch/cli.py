@@ -29,7 +29,10 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str) -> "typer.Exit":
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets ("pip install 'autoresearch[ray]'") that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -269,15 +272,18 @@ def results(
     """Show results.tsv: every experiment, its change against the best before it, and a summary."""
     import json
 
-    from .loop.config import RESULTS_NAME
+    from .loop.config import RESULTS_NAME, RUNS_RELDIR
+    from .loop.parallel import workers_by_commit
     from .loop.results import TABLE_COLUMNS, best_before, read_results, summarize, table_rows
 
     with user_errors():
         rows = read_results(folder / RESULTS_NAME)
     summary = summarize(rows)
+    ran_on = workers_by_commit(folder / RUNS_RELDIR / "runs.jsonl")  # `ar loop --workers`: who ran what
     if as_json:
         out = [
-            {"n": i, **r.as_dict(), "best_before": b, "delta": (r.val_bpb - b) if b is not None and r.status != "crash" else None}
+            {"n": i, **r.as_dict(), "best_before": b, "delta": (r.val_bpb - b) if b is not None and r.status != "crash" else None,
+             **({"worker": ran_on.get(r.commit[:7])} if ran_on else {})}
             for i, (r, b) in enumerate(zip(rows, best_before(rows)), start=1)
         ]
         typer.echo(json.dumps({"rows": out, "summary": summary.as_dict()}, indent=1))
@@ -286,22 +292,27 @@ def results(
 
     # One Text with fixed-width columns instead of a rich Table: same look, and 10,000
     # rows render in a fraction of a second.
-    cells = table_rows(rows)[-last:] if last else table_rows(rows)
-    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(TABLE_COLUMNS[:-1])]
+    cells = table_rows(rows)
+    columns = TABLE_COLUMNS
+    if ran_on:  # a worker column before the description
+        columns = TABLE_COLUMNS[:-1] + ("worker",) + TABLE_COLUMNS[-1:]
+        cells = [c[:-1] + (ran_on.get(c[1][:7], ""),) + c[-1:] for c in cells]
+    cells = cells[-last:] if last else cells
+    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
     right = {0, 2, 3, 4}
     status_style = {"keep": "green", "discard": "bright_black", "crash": "red"}
     text = Text(no_wrap=True, overflow="ellipsis")
-    for k, name in enumerate(TABLE_COLUMNS[:-1]):
+    for k, name in enumerate(columns[:-1]):
         text.append((name.rjust if k in right else name.ljust)(widths[k]) + "  ", style="bold")
-    text.append(TABLE_COLUMNS[-1] + "\n", style="bold")
+    text.append(columns[-1] + "\n", style="bold")
     for c in cells:
-        for k in range(len(TABLE_COLUMNS) - 1):
+        for k in range(len(columns) - 1):
             style = status_style[c[5]] if k == 5 else None
             if k == 3 and c[3].strip("+-0."):  # a nonzero change: green is better
                 style = "green" if c[3].startswith("-") else "red"
             text.append((c[k].rjust if k in right else c[k].ljust)(widths[k]), style=style)
             text.append("  ")
-        text.append(c[6] + "\n")
+        text.append(c[-1] + "\n")
     text.rstrip()
     console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
     line = f"{summary.experiments} experiments, {summary.kept} kept, {summary.discarded} discarded, {summary.crashed} crashed"
@@ -356,6 +367,17 @@ def loop(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
     ),
     kill: Optional[float] = typer.Option(None, "--kill", help="Hard limit of one run in seconds (default: the workspace's)."),
+    workers: int = typer.Option(
+        1, "--workers", "-w", min=1, help="Experiments in flight at once, each in its own git worktree with its own device: "
+        "one GPU each on NVIDIA, an even share of the CPU threads on CPUs."
+    ),
+    force_workers: bool = typer.Option(False, "--force-workers", help="Allow more workers than GPUs, or several on one Apple GPU."),
+    executor: str = typer.Option(
+        "local", "--executor", help="local: runs on this machine; ray: each run is a Ray task on a Ray cluster (pip install 'autoresearch[ray]')."
+    ),
+    ray_address: str = typer.Option(
+        "auto", "--ray-address", help="With --executor ray: the cluster's address (auto: the one `ray start` runs here; local: Ray inside this process)."
+    ),
 ) -> None:
     """Run the research loop: propose an edit, commit, train, keep or reset, record; repeat.
 
@@ -363,6 +385,10 @@ def loop(
     row in results.tsv and the branch's HEAD is always the best commit. Ctrl-C (or SIGTERM)
     abandons the running experiment cleanly (its commit reset, nothing in results.tsv) and
     stops; running `ar loop` again resumes, also after a crash or kill -9.
+
+    With --workers N up to N experiments run at once, each in its own git worktree; a win
+    measured against an older best is re-applied on the new best and run again before it
+    is kept. --executor ray runs them as Ray tasks on a cluster (see docs/scaling.md).
 
     Exit code: 0 when a limit stopped it, 130 when interrupted.
     """
@@ -381,7 +407,8 @@ def loop(
         run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
         run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
         check_limits(run_budget, run_kill)
-        cfg.run_context().check_prepared()
+        if executor == "local":  # with Ray the nodes run everything; their data is checked on each
+            cfg.run_context().check_prepared()
         ws = Workspace.open(folder)
         if ws.branch is None:
             raise ArError(f"{folder} is on a detached HEAD; check out the run's branch (autoresearch/{cfg.tag}) first")
@@ -400,6 +427,15 @@ def loop(
             f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",
         )
         runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill)
+        parallel = workers > 1 or executor != "local"
+        if parallel:  # worktrees per worker; see autoresearch/loop/parallel.py
+            from .loop.parallel import make_executor, run_parallel
+
+            pool = make_executor(folder, cfg, runner, workers=workers, executor=executor, ray_address=ray_address, force=force_workers)
+        else:
+            from .loop.worktrees import prune_stale_worktrees
+
+            prune_stale_worktrees(folder)  # left by a dead `ar loop --workers`
 
     console.print(f"ar loop on [bold]{ws.branch}[/] in {folder}", highlight=False)
     console.print(f"  proposer:  {chosen.name}", highlight=False)
@@ -422,9 +458,14 @@ def loop(
               f"{max_hours:g} hours" if max_hours is not None else "",
               f"${max_cost:g}" if max_cost is not None else ""]
     console.print(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}", highlight=False)
+    if parallel:
+        console.print(f"  workers:   {pool.describe()}", highlight=False, soft_wrap=True)
 
     with user_errors(), make_display(console) as display:
-        report = run_loop(ws, chosen, runner, settings, on_event=display)
+        if parallel:
+            report = run_parallel(ws, chosen, pool, settings, workers=workers, on_event=display)
+        else:
+            report = run_loop(ws, chosen, runner, settings, on_event=display)
     line = f"{report.experiments} experiments, {report.kept} kept, {report.crashed} crashed"
     if report.baseline_run:
         line += " (and the baseline)"

@@ -11,7 +11,10 @@ Layout under the cache root (AUTORESEARCH_CACHE, default ~/.cache/autoresearch):
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+from . import integrity
 
 CACHE_ENV = "AUTORESEARCH_CACHE"
 
@@ -39,3 +42,6 @@ def list_shards(source: str, root: Path | None = None) -> list[Path]:
     """Ready shards of a source, in order; the last one is the validation shard."""
     d = data_dir(source, root)
     return sorted(d.glob("shard_*.parquet")) if d.is_dir() else []
+
+
+integrity.protect_module(sys.modules[__name__])

@@ -12,10 +12,12 @@ agree:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArError
+from . import integrity
 from .cache import cache_root, data_dir, list_shards, tokenizer_dir
 from .profiles import DEFAULT_PROFILE, Profile, get_profile
 
@@ -92,3 +94,6 @@ def load_context(folder: Path | None = None) -> RunContext:
     if budget <= 0:
         raise ArError(f"time budget must be positive, got {budget}")
     return RunContext(profile=profile, source=source, time_budget=budget, cache=cache_root())
+
+
+integrity.protect_module(sys.modules[__name__])

@@ -10,13 +10,15 @@ MLX arrays live in unified memory on the default device, so there is no device a
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
-from typing import Union
+from typing import Optional, Union
 
 import mlx.core as mx
 import numpy as np
 
 from ..errors import ArError
+from . import causality, integrity
 from .context import RunContext
 from .loader import DataSpec, check_logits, data_spec, iter_rows, split_rows, validation_rows
 
@@ -51,20 +53,48 @@ def _sum_nats(logits: mx.array, targets: mx.array, weight: mx.array) -> float:
     return total
 
 
+def _probe_causality(model, logits: mx.array, x_np: np.ndarray, rows: np.ndarray, first_row: int,
+                     vocab: int) -> Optional[causality.Verdict]:
+    """The causality probe (causality.py): the logits up to each row's random cut must not
+    move when the tokens after it change. None when the logits are not finite."""
+    variant, cuts = causality.make_variant(x_np, rows, first_row, vocab)
+    lv = model(mx.array(variant.astype(np.int32)))
+    check_logits(lv, x_np.shape[0], x_np.shape[1], vocab)
+    low = logits.dtype in (mx.bfloat16, mx.float16)
+    per_row, where, scale = np.zeros(len(cuts)), np.zeros(len(cuts), dtype=np.int64), 0.0
+    for i, cut in enumerate(cuts):  # row by row: no float32 copy of the whole batch's logits
+        b0, b1 = logits[i, : int(cut) + 1].astype(mx.float32), lv[i, : int(cut) + 1].astype(mx.float32)
+        if mx.any(mx.isnan(b0)).item():
+            return None
+        # Equal values differ by 0 (also two -inf of a masked vocabulary entry).
+        d = mx.max(mx.where(b1 == b0, mx.zeros_like(b0), mx.abs(b1 - b0)), axis=-1)
+        per_row[i], where[i] = mx.max(d).item(), mx.argmax(d).item()
+        scale = max(scale, mx.max(mx.where(mx.isinf(b0), mx.zeros_like(b0), mx.abs(b0))).item())
+    return causality.judge(per_row, where, scale, cuts, low)
+
+
 def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int) -> float:
     """Validation bits per byte of `model` on the fixed validation rows.
 
     Only the forward pass comes from the model (logits = model(x)); the cross-entropy
     is computed here in float32 and summed over targets with a non-zero byte length,
     then divided by those targets' UTF-8 bytes and converted from nats to bits.
-    No gradients are taken (MLX differentiates only under mx.grad)."""
+    No gradients are taken (MLX differentiates only under mx.grad).
+
+    Before the number counts, the model must pass the causality probe (one extra
+    forward pass on a batch of the same shape) and the harness must be as it was
+    imported (integrity.py); otherwise ArError, and the orchestrator is told why."""
+    ev = integrity.Evaluation("mlx")
     spec = data_spec(ctx)
     if batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be positive, got {batch_size}")
     rows = validation_rows(spec)
+    ev.describe(ctx, spec, rows)
+    ev.refuse_if_tampered()
     seq_len = rows.shape[1] - 1
     vocab = spec.tokenizer.vocab_size
     token_bytes = mx.array(spec.tokenizer.token_bytes)
+    probe_at = causality.pick_batch(-(-rows.shape[0] // batch_size)) * batch_size
     was_training = getattr(model, "training", None)
     if was_training is not None:
         model.eval()
@@ -76,10 +106,26 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int) -> fl
             x, y = mx.array(xy[0]), mx.array(xy[1])
             logits = model(x)
             check_logits(logits, x.shape[0], seq_len, vocab)
+            if i == probe_at:
+                verdict = _probe_causality(model, logits, xy[0], rows, i, vocab)
+                ev.causality = verdict.as_dict() if verdict else {"skipped": "non-finite logits"}
+                if verdict is not None and not verdict.ok:
+                    ev.refuse("non-causal", verdict.detail)
             nbytes = token_bytes[y]
             total_nats += _sum_nats(logits, y, nbytes)
             total_bytes += int(nbytes.sum().item())
     finally:
         if was_training is not None:
             model.train(was_training)
-    return total_nats / (math.log(2) * total_bytes)
+    return ev.finish(total_nats / (math.log(2) * total_bytes))
+
+
+# Registered at import, before the training script's own code runs (integrity.py): this
+# module, and the mlx and math functions the evaluation relies on.
+integrity.protect_module(sys.modules[__name__])
+integrity.protect_external(mx, ["logsumexp", "take_along_axis", "where", "zeros_like", "array", "max", "abs",
+                                "argmax", "any", "isnan", "isinf", "eval"])
+integrity.protect(mx.array, ["astype", "reshape", "squeeze", "sum", "item", "__getitem__", "__sub__", "__eq__",
+                             "__gt__"], label="mlx.core.array")
+integrity.protect_external(math, ["log", "log2", "isfinite"])
+integrity.protect_external(np, ["empty", "ascontiguousarray", "array"])

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from ..errors import ArError
+from . import integrity
 from .progress import ProgressFn, no_progress
 
 if TYPE_CHECKING:
@@ -127,7 +129,11 @@ class Tokenizer:
         self.enc = enc
         self.bos_id: int = enc.encode_single_token(BOS_TOKEN)
         self.vocab_size: int = enc.n_vocab
-        self.token_bytes: np.ndarray = token_bytes
+        # A read-only copy, registered: evaluate_bpb divides by these lengths and checks
+        # that they are still the ones loaded.
+        self.token_bytes: np.ndarray = np.array(token_bytes, dtype=np.int32)
+        self.token_bytes.flags.writeable = False
+        integrity.register_array(self.token_bytes)
 
     @classmethod
     def load(cls, ctx_or_dir: Union[RunContext, str, Path]) -> Tokenizer:
@@ -186,3 +192,6 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+
+integrity.protect_module(sys.modules[__name__])

@@ -8,13 +8,15 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from ..errors import ArError
+from . import causality, integrity
 from .context import RunContext
 from .loader import DataSpec, check_logits, data_spec, iter_rows, split_rows, validation_rows
 
@@ -73,21 +75,59 @@ def _sum_nats(logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor)
     return total
 
 
+def _low_precision(logits: torch.Tensor, device: torch.device) -> bool:
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return True
+    try:
+        return bool(torch.is_autocast_enabled(device.type))
+    except TypeError:  # torch < 2.4: no device argument
+        return bool(torch.is_autocast_enabled())
+
+
+def _probe_causality(model, logits: torch.Tensor, x_np: np.ndarray, rows: np.ndarray, first_row: int,
+                     vocab: int, device: torch.device) -> Optional[causality.Verdict]:
+    """Run the model on a copy of this batch with every row's tail replaced after a random
+    cut; the logits up to the cut must not move (see causality.py). None when the
+    logits are not finite (the evaluation fails on its own then)."""
+    variant, cuts = causality.make_variant(x_np, rows, first_row, vocab)
+    lv = model(_to_device(variant.astype(np.int64), device))
+    check_logits(lv, x_np.shape[0], x_np.shape[1], vocab)
+    per_row, where, scale = np.zeros(len(cuts)), np.zeros(len(cuts), dtype=np.int64), 0.0
+    for i, cut in enumerate(cuts):  # row by row: no float32 copy of the whole batch's logits
+        b0, b1 = logits[i, : cut + 1].float(), lv[i, : cut + 1].float()
+        if torch.isnan(b0).any():
+            return None
+        # Equal values differ by 0 (also two -inf of a masked vocabulary entry).
+        d = torch.where(b1 == b0, torch.zeros_like(b0), (b1 - b0).abs()).amax(-1)
+        m, pos = d.max(0)
+        per_row[i], where[i] = m.item(), pos.item()
+        scale = max(scale, torch.where(torch.isfinite(b0), b0.abs(), torch.zeros_like(b0)).max().item())
+    return causality.judge(per_row, where, scale, cuts, _low_precision(logits, device))
+
+
 def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int,
                  device: Union[str, torch.device, None] = None) -> float:
     """Validation bits per byte of `model` on the fixed validation rows.
 
     Only the forward pass comes from the model (logits = model(x)); the cross-entropy
     is computed here in float32 and summed over targets with a non-zero byte length,
-    then divided by those targets' UTF-8 bytes and converted from nats to bits."""
+    then divided by those targets' UTF-8 bytes and converted from nats to bits.
+
+    Before the number counts, the model must pass the causality probe (one extra
+    forward pass on a batch of the same shape) and the harness must be as it was
+    imported (integrity.py); otherwise ArError, and the orchestrator is told why."""
+    ev = integrity.Evaluation("torch")
     spec = data_spec(ctx)
     if batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be positive, got {batch_size}")
     device = torch.device(device) if device is not None else _model_device(model)
     rows = validation_rows(spec)
+    ev.describe(ctx, spec, rows)
+    ev.refuse_if_tampered()
     seq_len = rows.shape[1] - 1
     vocab = spec.tokenizer.vocab_size
     token_bytes = torch.from_numpy(spec.tokenizer.token_bytes.astype(np.int64)).to(device)
+    probe_at = causality.pick_batch(-(-rows.shape[0] // batch_size)) * batch_size
     was_training = getattr(model, "training", None)
     if was_training is not None:
         model.eval()
@@ -96,14 +136,34 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int,
     try:
         with torch.no_grad():
             for i in range(0, rows.shape[0], batch_size):
-                xy = _to_device(split_rows(rows[i : i + batch_size], np.int64), device)
+                xy_np = split_rows(rows[i : i + batch_size], np.int64)
+                xy = _to_device(xy_np, device)
                 x, y = xy[0], xy[1]
                 logits = model(x)
                 check_logits(logits, x.shape[0], seq_len, vocab)
+                if i == probe_at:
+                    verdict = _probe_causality(model, logits, xy_np[0], rows, i, vocab, device)
+                    ev.causality = verdict.as_dict() if verdict else {"skipped": "non-finite logits"}
+                    if verdict is not None and not verdict.ok:
+                        ev.refuse("non-causal", verdict.detail)
                 nbytes = token_bytes[y]
                 total_nats += _sum_nats(logits, y, nbytes).item()
                 total_bytes += int(nbytes.sum().item())
     finally:
         if was_training is not None:
             model.train(was_training)
-    return total_nats / (math.log(2) * total_bytes)
+    return ev.finish(total_nats / (math.log(2) * total_bytes))
+
+
+# Registered at import, before the training script's own code runs (integrity.py): this
+# module, and the torch and math functions the evaluation relies on.
+integrity.protect_module(sys.modules[__name__])
+integrity.protect_external(torch, ["log_softmax", "where", "zeros", "zeros_like", "from_numpy", "no_grad",
+                                   "arange", "isnan", "isfinite", "is_autocast_enabled", "device"])
+integrity.protect(torch.Tensor, ["float", "gather", "squeeze", "sum", "item", "reshape", "to", "pin_memory",
+                                 "__getitem__", "abs", "amax", "max", "numpy", "cpu", "__sub__", "__eq__",
+                                 "__le__", "__gt__", "__iadd__", "double"], label="torch.Tensor")
+integrity.protect(torch.nn.Module, ["eval", "train", "__call__", "_call_impl"], label="torch.nn.Module")
+integrity.protect_external(torch.nn.functional, ["cross_entropy", "log_softmax", "softmax"])
+integrity.protect_external(math, ["log", "log2", "isfinite"])
+integrity.protect_external(np, ["empty", "ascontiguousarray", "array", "concatenate", "from_dlpack"])

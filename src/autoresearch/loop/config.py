@@ -22,7 +22,7 @@ BRANCH_PREFIX = "autoresearch/"
 RESULTS_NAME = "results.tsv"
 RUNS_RELDIR = Path(".autoresearch") / "runs"
 PROGRAM_NAME = "program.md"
-GITIGNORE_LINES = ("results.tsv", ".autoresearch/runs/")
+GITIGNORE_LINES = ("results.tsv", "progress.png", ".autoresearch/runs/")
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,20 @@ class WorkspaceConfig:
     budget: float  # seconds of training the script is given
     kill: float = DEFAULT_KILL  # hard wall-clock limit of one run, start-up included
     editable: str = "train.py"  # the one file the agent may edit
+    # Where val_bpb comes from: "harness" (the signed result of evaluate_bpb, checked; see
+    # loop/trust.py) or "printed" (the summary line only, for scripts that do not use the
+    # autoresearch harness: no causality, tamper or budget checks then).
+    metric: str = "harness"
+    warmup_allowance: Optional[float] = None  # training seconds beyond the budget (None: by backend)
+    startup_allowance: Optional[float] = None  # seconds before the first training batch (None: 120)
 
     def to_toml(self) -> str:
         lines = ["# autoresearch workspace settings, written by `ar init`; every experiment uses them."]
         for key in ("tag", "backend", "profile", "source", "budget", "kill", "editable"):
             lines.append(f"{key} = {_toml_value(getattr(self, key))}")
+        for key, default in (("metric", "harness"), ("warmup_allowance", None), ("startup_allowance", None)):
+            if getattr(self, key) != default:  # optional keys: written only when set
+                lines.append(f"{key} = {_toml_value(getattr(self, key))}")
         return "\n".join(lines) + "\n"
 
     def run_context(self) -> RunContext:
@@ -75,6 +84,21 @@ def check_limits(budget: float, kill: float) -> None:
         )
 
 
+METRICS = ("harness", "printed")
+
+
+def _optional_seconds(raw: dict, key: str) -> Optional[float]:
+    if key not in raw:
+        return None
+    try:
+        value = float(raw[key])
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ArError(f"{CONFIG_RELPATH}: {key} must be a number of seconds >= 0, got {raw[key]!r}")
+    return value
+
+
 def config_path(folder: Path) -> Path:
     return folder / CONFIG_RELPATH
 
@@ -95,7 +119,12 @@ def load_config(folder: Path) -> WorkspaceConfig:
         budget=parse_seconds(raw["budget"], "budget"),
         kill=parse_seconds(raw.get("kill", DEFAULT_KILL), "kill"),
         editable=str(raw.get("editable", "train.py")),
+        metric=str(raw.get("metric", "harness")),
+        warmup_allowance=_optional_seconds(raw, "warmup_allowance"),
+        startup_allowance=_optional_seconds(raw, "startup_allowance"),
     )
+    if cfg.metric not in METRICS:
+        raise ArError(f"{config_path(folder)}: metric must be one of {', '.join(METRICS)}, got {cfg.metric!r}")
     if cfg.backend not in BACKENDS:
         raise ArError(f"{config_path(folder)}: unknown backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")
     if Path(cfg.editable).name != cfg.editable:
@@ -151,7 +180,7 @@ def _ensure_gitignore(folder: Path) -> bool:
         return False
     if text and not text.endswith("\n"):
         text += "\n"
-    path.write_text(text + "# autoresearch: per-machine results and run logs\n" + "\n".join(missing) + "\n", encoding="utf-8")
+    path.write_text(text + "# autoresearch: per-machine results, chart and run logs\n" + "\n".join(missing) + "\n", encoding="utf-8")
     return True
 
 

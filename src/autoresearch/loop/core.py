@@ -51,7 +51,8 @@ from .config import PROGRAM_NAME, RESULTS_NAME, RUNS_RELDIR
 from .keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Decision, check_rule, decide, noise_floor
 from .proposal import HistoryItem, NoProposal, Proposal, ProposalContext, Proposer, Usage
 from .results import SMOKE_MARK, ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
-from .runner import DEFAULT_GRACE, RunResult, allocate_log, run_script
+from .guards import WorkspaceGuard, check_editable, check_proposal, compile_harness, harness_state, write_editable
+from .runner import DEFAULT_GRACE, RunResult, allocate_log, reject, rejected_run, rejection_note, run_script
 
 INTERRUPTED_NOTE = "(interrupted: the previous ar process died)"
 RUNS_LOG = "runs.jsonl"
@@ -107,6 +108,7 @@ class LoopEvent:
     progress: Optional[dict] = None
     result: Optional[RunResult] = None
     cost_usd: float = 0.0  # spent by this loop so far
+    worker: str = ""  # which worker (and node) with `ar loop --workers`; "" with one worker
 
 
 EventFn = Callable[[LoopEvent], None]
@@ -237,26 +239,37 @@ def best_row(rows: Iterable[ResultRow], ancestry: set[str]) -> Optional[ResultRo
 class ScriptRunner:
     """Runs the workspace's editable script with run_script: a log per run in .autoresearch/runs/."""
 
-    def __init__(self, folder: Path, *, editable: str, env: dict, budget: float, kill: float, grace: float = DEFAULT_GRACE):
+    def __init__(self, folder: Path, *, editable: str, env: dict, budget: float, kill: float, grace: float = DEFAULT_GRACE,
+                 policy=None):
         self.folder = Path(folder)
         self.editable = editable
         self.env = dict(env)
         self.budget = budget
         self.kill = kill
         self.grace = grace
+        self.policy = policy  # trust.TrustPolicy: val_bpb from the harness, checked; None: the printout
+        compile_harness()
+        self.harness = harness_state()  # a run must not change the installed harness (guards.py)
+        self.stop: Optional[threading.Event] = None  # set: the run ends as "interrupted" (parallel workers)
 
     @classmethod
     def for_workspace(cls, folder: Path, cfg, *, budget: float, kill: float, grace: float = DEFAULT_GRACE) -> "ScriptRunner":
         """The runner for a workspace config (autoresearch.loop.config.WorkspaceConfig), as `ar run` runs."""
+        from .trust import TrustPolicy
+
         env = {"AUTORESEARCH_PROFILE": cfg.profile, "AUTORESEARCH_SOURCE": cfg.source, "AUTORESEARCH_BACKEND": cfg.backend}
-        return cls(folder, editable=cfg.editable, env=env, budget=budget, kill=kill, grace=grace)
+        return cls(folder, editable=cfg.editable, env=env, budget=budget, kill=kill, grace=grace,
+                   policy=TrustPolicy.for_config(cfg, budget))
 
     def run(self, commit: str, *, seed: Optional[int] = None, on_progress: Optional[Callable[[dict], None]] = None) -> RunResult:
         _, log_path = allocate_log(self.folder / RUNS_RELDIR, commit)
         env = {**self.env, "AUTORESEARCH_TIME_BUDGET": f"{self.budget:g}"}
         if seed is not None:
             env["AUTORESEARCH_SEED"] = str(seed)
-        return run_script(
+        # The workspace must be the committed one; whatever the run changes is undone and rejects it.
+        guard = WorkspaceGuard(self.folder, self.editable, log_path, harness_baseline=self.harness)
+        guard.before()
+        result = run_script(
             self.folder / self.editable,
             cwd=self.folder,
             log_path=log_path,
@@ -264,7 +277,13 @@ class ScriptRunner:
             kill_after=self.kill,
             grace=self.grace,
             on_progress=on_progress,
+            policy=self.policy,
+            stop=self.stop,
         )
+        damage = guard.after()
+        if damage and result.status != "interrupted":
+            result = reject(result, "workspace modified", "; ".join(damage))
+        return result
 
 
 # -- the loop --------------------------------------------------------------------------
@@ -344,7 +363,7 @@ class Loop:
 
     def _read_editable(self) -> str:
         try:
-            return self._editable_path().read_text(encoding="utf-8")
+            return check_editable(self.folder, self.s.editable).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ArError(
                 f"the editable script {self.s.editable} is missing from {self.folder}; "
@@ -439,6 +458,24 @@ class Loop:
         return self.report
 
     def _run(self) -> None:
+        self._start()
+        while True:
+            rows = self._rows()
+            best = self._best(rows)
+            if best is None and self._needs_baseline(rows):
+                self._baseline(rows)
+                continue
+            reason = self._limit_reached()
+            if reason:
+                self.report.stop_reason = reason
+                return
+            if best is not None and self.s.keep_rule == "noise" and self.floor is None:
+                self._measure_noise(rows, best)
+                continue
+            self._one_experiment(rows, best)
+
+    def _start(self, **details) -> None:
+        """Recover, check the tree, load the state, record "loop_started" (with `details`)."""
         with self.signals.critical():
             self.report.recovered = self.recover()
         if self.ws.is_dirty():
@@ -454,23 +491,9 @@ class Loop:
         self._record(
             "loop_started", proposer=self.proposer_name, keep_rule=self.s.keep_rule, budget=self.s.budget,
             max_experiments=self.s.max_experiments, max_hours=self.s.max_hours, max_cost=self.s.max_cost,
-            rows=len(rows), head=self.ws.head_commit(),
+            rows=len(rows), head=self.ws.head_commit(), **details,
         )
         self._emit("resumed", number=len(rows), best=best.val_bpb if best else None, note=self.proposer_name)
-        while True:
-            rows = self._rows()
-            best = self._best(rows)
-            if best is None and self._needs_baseline(rows):
-                self._baseline(rows)
-                continue
-            reason = self._limit_reached()
-            if reason:
-                self.report.stop_reason = reason
-                return
-            if best is not None and self.s.keep_rule == "noise" and self.floor is None:
-                self._measure_noise(rows, best)
-                continue
-            self._one_experiment(rows, best)
 
     def _needs_baseline(self, rows: list[ResultRow]) -> bool:
         """No result of this budget on the branch, and HEAD has not crashed as it is."""
@@ -518,7 +541,9 @@ class Loop:
 
     # -- one run
 
-    def _run_once(self, xid: str, number: int, commit: str, kind: str, seed: Optional[int], description: str) -> RunResult:
+    def _run_once(self, xid: str, number: int, commit: str, kind: str, seed: Optional[int], description: str,
+                  refused: Optional[str] = None) -> RunResult:
+        """Run `commit` (or, when the static check `refused` it, record that it never ran)."""
         self._emit("run_started", number=number, description=description, commit=commit, run_kind=kind,
                    note=f"seed {seed}" if seed is not None else "")
 
@@ -527,7 +552,10 @@ class Loop:
 
         interrupted = False
         try:
-            result = self.runner.run(commit, seed=seed, on_progress=progress)
+            if refused:
+                result = rejected_run(allocate_log(self.folder / RUNS_RELDIR, commit)[1], "static check", refused)
+            else:
+                result = self.runner.run(commit, seed=seed, on_progress=progress)
         except (KeyboardInterrupt, StopRequested):
             interrupted = True  # a runner that lets the interrupt through: the group is its business
             result = None
@@ -539,7 +567,7 @@ class Loop:
                 "run", id=xid, experiment=number, commit=commit, kind=kind, seed=seed, status=result.status,
                 val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3),
                 reason=result.reason, returncode=result.returncode, budget=self.s.budget, log=str(log),
-                summary=result.summary,
+                summary=result.summary, rejection=result.rejection or None,
             )
             self._emit("run_finished", number=number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
         if interrupted or result.status == "interrupted":
@@ -568,7 +596,18 @@ class Loop:
     def _one_experiment(self, rows: list[ResultRow], best: Optional[ResultRow]) -> None:
         number = len(rows) + 1
         current = self._read_editable()
-        ctx = ProposalContext(
+        ctx = self._context(rows, best, current)
+        self._emit("proposing", number=number, best=ctx.best)
+        proposal = self._propose(ctx)
+        if proposal is None:
+            return
+        self.failures, self.feedback = 0, None
+        self.report.cost_usd += proposal.usage.cost_usd
+        self._experiment(rows, number, best, proposal)
+
+    def _context(self, rows: list[ResultRow], best: Optional[ResultRow], current: str) -> ProposalContext:
+        """What the proposer sees (shared with the parallel loop, which adds `in_flight`)."""
+        return ProposalContext(
             program=self._program(),
             editable_name=self.s.editable,
             editable_text=current,
@@ -579,24 +618,24 @@ class Loop:
             last_crash_tail=self.last_crash_tail,
             feedback=self.feedback,
         )
-        self._emit("proposing", number=number, best=ctx.best)
+
+    def _propose(self, ctx: ProposalContext) -> Optional[Proposal]:
+        """A usable proposal, or None after recording why not (`_no_proposal`). ArError stops the loop."""
         try:
             proposal = self.proposer.propose(ctx)
-            if proposal.new_text == current:
+            if proposal.new_text == ctx.editable_text:
                 raise NoProposal(f"the proposal leaves {self.s.editable} unchanged; change something", proposal.usage)
             if not proposal.new_text.strip():
                 raise NoProposal(f"the proposal empties {self.s.editable}; send the whole file", proposal.usage)
         except NoProposal as e:
             self._no_proposal(e)
-            return
+            return None
         except ArError:
             raise  # a user mistake (no API key, unknown model): say so and stop
         except Exception as e:  # a network hiccup or an SDK bug must not end an overnight run
             self._no_proposal(NoProposal(f"the {self.proposer_name} proposer failed: {type(e).__name__}: {e}"))
-            return
-        self.failures, self.feedback = 0, None
-        self.report.cost_usd += proposal.usage.cost_usd
-        self._experiment(rows, number, best, proposal)
+            return None
+        return proposal
 
     def _program(self) -> str:
         # Read every time: the user may tune program.md while the loop runs.
@@ -629,10 +668,11 @@ class Loop:
         common = dict(id=xid, experiment=number, parent=parent, message=message, description=desc, suffix=self.suffix,
                       proposer=self.proposer_name, usage=usage.as_dict(), rows_before=len(rows))
         commit = None
+        refused = check_proposal(self.s.editable, self._read_editable(), proposal.new_text)
         try:
             with self.signals.critical():
                 self._record("proposing", **common)
-                self._editable_path().write_text(proposal.new_text, encoding="utf-8", newline="")
+                write_editable(self.folder, self.s.editable, proposal.new_text)
                 commit = self.ws.commit([self.s.editable], message)
                 if commit is None:  # the same bytes after all (line endings): nothing to run
                     self.ws.reset_hard(parent)
@@ -644,7 +684,7 @@ class Loop:
             if commit is None:
                 self._no_proposal(NoProposal(f"the proposal leaves {self.s.editable} unchanged; change something"))
                 return
-            self._judge(xid, number, commit, parent, "experiment", desc, best, usage)
+            self._judge(xid, number, commit, parent, "experiment", desc, best, usage, refused=refused)
         except BaseException as e:
             if self._finished_id != xid:
                 self._abandon(xid, commit, parent, e)
@@ -661,11 +701,11 @@ class Loop:
 
     def _judge(
         self, xid: str, number: int, commit: str, parent: str, kind: str, desc: str,
-        best: Optional[ResultRow], usage: Usage,
+        best: Optional[ResultRow], usage: Usage, refused: Optional[str] = None,
     ) -> None:
         """Run, decide (with a confirmation run if the rule asks), write the row, keep or reset."""
         best_val = best.val_bpb if best else None
-        results = [self._run_once(xid, number, commit, kind, None, desc)]
+        results = [self._run_once(xid, number, commit, kind, None, desc, refused)]
         values = [results[0].val_bpb if results[0].status == "ok" else None]
         decision: Decision = decide(self.s.keep_rule, best_val, values, self.floor)
         if decision.action == "confirm":
@@ -677,6 +717,10 @@ class Loop:
         ok = status != "crash"
         memory = max(r.memory_gb for r in results) if ok else 0.0
         value = decision.value if ok else 0.0
+        rejected = next((r for r in results if r.status == "rejected"), None)
+        if rejected is not None:  # the row says why: "... (rejected: non-causal)", before any budget suffix
+            head = desc[: len(desc) - len(self.suffix)] if self.suffix and desc.endswith(self.suffix) else desc
+            desc = head + rejection_note(rejected.rejection) + self.suffix
         with self.signals.critical():
             append_result(self.results_path, ResultRow(commit, value, memory, status, desc))
             if status != "keep" and parent != commit:

@@ -8,8 +8,16 @@ lines, a hard wall-clock kill, and the summary block read into a `RunResult`.
 
 Stopping: on the hard kill, Ctrl-C (SIGINT), SIGTERM or SIGHUP the process group gets
 SIGTERM, `grace` seconds, then SIGKILL. After a normal exit the group is swept the same
-way, so no worker outlives its run. A child that leaves the group on purpose (setsid)
-is beyond reach.
+way, so no worker outlives its run. Processes that left the group (setsid, a daemon)
+are found by containment.ProcessTracker and killed.
+
+Containment (every run): the environment is allow-listed (no API keys), the log is
+capped at `max_log_bytes` (then the group is killed), and a run that leaves a process
+behind that ignored SIGTERM, or one that had left the group, is "rejected". With a
+`policy` (trust.TrustPolicy), val_bpb is taken only from the harness's signed record and
+checked against the printout, the workspace's constants and the budget (trust.judge).
+A rejected run has status "rejected", `rejection` (a short category for results.tsv)
+and `reason`; the reason is also the last line of its log, so the next proposal sees it.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import datetime as _dt
 import math
 import os
 import re
+import secrets
 import selectors
 import signal
 import subprocess
@@ -31,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from ..errors import ArError
+from .containment import RUN_ID_ENV, ProcessTracker, clean_env, describe
 from .summary import last_error_line, parse_progress, parse_summary
 
 ProgressCallback = Callable[[dict], None]
@@ -39,11 +49,12 @@ TAIL_LINES = 50
 DEFAULT_GRACE = 5.0
 _SUMMARY_BYTES = 256 * 1024  # the summary block is looked for in this much of the log's end
 _DRAIN_SECONDS = 2.0  # after the group is gone, how long to wait for the pipe to close
+MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's output beyond this stops the run: a print loop cannot fill the disk
 
 
 @dataclass
 class RunResult:
-    status: str  # ok | crash | timeout | interrupted
+    status: str  # ok | crash | timeout | interrupted | rejected
     val_bpb: Optional[float]
     memory_gb: float  # peak_vram_mb / 1024; 0.0 when unknown
     seconds: float  # wall clock measured by the runner, start-up included
@@ -52,6 +63,33 @@ class RunResult:
     log_path: Path
     log_tail: list[str] = field(default_factory=list)  # the last 50 lines of output
     returncode: Optional[int] = None
+    rejection: str = ""  # status "rejected": the short category ("non-causal", "over budget", ...)
+    harness: Optional[dict] = None  # the harness's signed evaluation record, when there is one
+
+
+def rejection_note(category: str) -> str:
+    """What a rejected run's results.tsv description gets: " (rejected: <category>)"."""
+    return f" (rejected: {category})"
+
+
+def _append_log(path: Path, line: str) -> None:
+    with contextlib.suppress(OSError), open(path, "ab") as f:
+        f.write(("\n" + line + "\n").encode("utf-8"))
+
+
+def reject(result: RunResult, category: str, why: str) -> RunResult:
+    """`result` turned into a rejection; the reason goes to the end of its log and tail."""
+    line = f"[ar] rejected ({category}): {why}"
+    _append_log(result.log_path, line)
+    return RunResult(status="rejected", val_bpb=None, memory_gb=0.0, seconds=result.seconds, summary=result.summary,
+                     reason=f"rejected ({category}): {why}", log_path=result.log_path,
+                     log_tail=(list(result.log_tail) + [line])[-TAIL_LINES:], returncode=result.returncode,
+                     rejection=category, harness=result.harness)
+
+
+def rejected_run(log_path: Path, category: str, why: str) -> RunResult:
+    """A run that never started (refused before running), as a rejected RunResult."""
+    return reject(RunResult("rejected", None, 0.0, 0.0, {}, "", log_path), category, why)
 
 
 class _Stopped(Exception):
@@ -80,9 +118,13 @@ def _stop_signals() -> Iterator[None]:
 class _OutputReader(threading.Thread):
     """Copy the script's output to the log, keep the tail, report progress lines."""
 
-    def __init__(self, pipe, log, on_progress: Optional[ProgressCallback]):
+    def __init__(self, pipe, log, on_progress: Optional[ProgressCallback], max_bytes: int = MAX_LOG_BYTES,
+                 on_overflow: Optional[Callable[[], None]] = None):
         super().__init__(daemon=True)
         self.pipe, self.log, self.on_progress = pipe, log, on_progress
+        self.max_bytes, self.on_overflow = max_bytes, on_overflow
+        self.written = 0
+        self.overflow = False  # the cap was reached: the rest was read and thrown away
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.callback_error: Optional[BaseException] = None
         self._drain_until: Optional[float] = None
@@ -105,6 +147,14 @@ class _OutputReader(threading.Thread):
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
+                if self.overflow:
+                    continue  # keep draining so the writer is not blocked until it is killed
+                if self.written + len(chunk) > self.max_bytes:
+                    chunk = chunk[: max(0, self.max_bytes - self.written)]
+                    self.overflow = True
+                    if self.on_overflow is not None:
+                        self.on_overflow()
+                self.written += len(chunk)
                 self.log.write(chunk)
                 self.log.flush()
                 self._lines(chunk)
@@ -149,16 +199,27 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def stop_group(proc: subprocess.Popen, grace: float = DEFAULT_GRACE) -> None:
-    """SIGTERM the process group of `proc`, wait up to `grace` seconds, then SIGKILL it."""
+def stop_group(proc: subprocess.Popen, grace: float = DEFAULT_GRACE, reap: Optional[Callable[[], None]] = None) -> bool:
+    """SIGTERM the process group of `proc`, wait up to `grace` seconds, then SIGKILL it.
+    True when SIGKILL was needed (something ignored SIGTERM). `reap` collects exited
+    processes that became ours (containment's subreaper), which would count as alive."""
+    killed = False
     if _group_alive(proc):
         _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _group_alive(proc) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if reap is not None:
+                reap()
+            if not _group_alive(proc):
+                break
             time.sleep(0.02)
+        if reap is not None:
+            reap()
         if _group_alive(proc):
             _signal_group(proc, signal.SIGKILL)
+            killed = True
     proc.wait()
+    return killed
 
 
 def run_script(
@@ -171,16 +232,30 @@ def run_script(
     grace: float = DEFAULT_GRACE,
     on_progress: Optional[ProgressCallback] = None,
     python: str = sys.executable,
+    stop: Optional[threading.Event] = None,
+    policy=None,
+    max_log_bytes: int = MAX_LOG_BYTES,
 ) -> RunResult:
     """Run `python script` in `cwd` until it exits or `kill_after` seconds pass.
 
-    Output (stdout and stderr) is appended to `log_path`. `env` is added to the current
-    environment. Ctrl-C, SIGTERM and SIGHUP stop the run and return status
-    "interrupted"; the caller decides what to do next.
+    Output (stdout and stderr) is appended to `log_path`, at most `max_log_bytes` of it.
+    `env` is added to the allow-listed part of the current environment
+    (containment.clean_env). With `policy` (a trust.TrustPolicy) val_bpb comes from the
+    harness's result channel and is checked (trust.judge). Ctrl-C, SIGTERM and SIGHUP
+    stop the run and return status "interrupted"; the caller decides what to do next.
+    So does setting `stop` (runs in worker threads, where signals do not arrive).
     """
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    full_env = clean_env(os.environ, env)
     full_env["PYTHONUNBUFFERED"] = "1"  # progress lines arrive while they happen
+    run_id = secrets.token_hex(8)
+    full_env[RUN_ID_ENV] = run_id  # marks the run's processes, wherever they go
+    channel = None
+    if policy is not None:
+        from .trust import Channel
+
+        policy.expected()  # now, not while the run could be blamed for what it imports and writes
+        channel = Channel()
+        full_env.update(channel.env())
     log_path.parent.mkdir(parents=True, exist_ok=True)
     status: Optional[str] = None
     start = time.monotonic()
@@ -197,27 +272,89 @@ def run_script(
                 start_new_session=True,  # its own process group: the whole tree can be stopped
             )
         except OSError as e:
+            if channel is not None:
+                channel.close()
             raise ArError(f"cannot start {python} {script}: {e}") from None
-        reader = _OutputReader(proc.stdout, log, on_progress)
+        reader = _OutputReader(proc.stdout, log, on_progress, max_log_bytes, lambda: _signal_group(proc, signal.SIGKILL))
+        tracker = ProcessTracker(proc.pid, run_id).start()
+        ended: Optional[float] = None
         try:
             reader.start()
             with _stop_signals():
-                try:
-                    proc.wait(timeout=kill_after)
-                except subprocess.TimeoutExpired:
-                    status = "timeout"
+                status = _wait(proc, kill_after, stop)
+                ended = time.monotonic()
         except (KeyboardInterrupt, _Stopped):
             status = "interrupted"
         finally:
             # Always, even after a normal exit: sweep up workers the script left behind.
             # A second Ctrl-C while stopping is ignored so the sweep completes.
             with _ignoring_sigint():
-                stop_group(proc, grace)
+                stubborn = stop_group(proc, grace, reap=tracker.reap)
+                strays = tracker.kill_strays()  # those that had left the group
+                tracker.close()
                 if reader.is_alive():
                     reader.finish()
                 proc.stdout.close()
     seconds = time.monotonic() - start
-    return _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after)
+    result = _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after)
+    try:
+        return _contain(result, overflow=reader.overflow, max_log_bytes=max_log_bytes, strays=strays,
+                        stubborn=stubborn and status is None, channel=channel, policy=policy,
+                        wall=(ended if ended is not None else time.monotonic()) - start)
+    finally:
+        if channel is not None:
+            channel.close()
+
+
+def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: list, stubborn: bool,
+             channel, policy, wall: float) -> RunResult:
+    """The run's containment checks, then (with a policy) the harness's verdict."""
+    if result.status == "interrupted":
+        return result
+    if overflow:
+        return reject(result, "log too large", f"the output passed {max_log_bytes / 2**20:g} MB, so the run was "
+                                               "stopped; print less (progress lines at most a few per second)")
+    if strays:
+        return reject(result, "escaped process", f"{describe(strays)} left the run's process group (setsid, a "
+                                                 "daemon) and had to be killed; start no process that outlives the run")
+    if stubborn:
+        return reject(result, "process ignored SIGTERM", "a process of the run was still there after it ended and "
+                                                         "ignored SIGTERM; it had to be killed")
+    if channel is None:
+        return result
+    from .trust import judge
+
+    records, bad = channel.read()
+    verdict = judge(result.summary, result.status, result.returncode, wall, records, bad, policy)
+    result.harness = verdict.record
+    if verdict.rejection is not None:
+        return reject(result, *verdict.rejection)
+    if verdict.record is None or result.status not in ("ok", "crash"):
+        return result  # no harness result: a crash (or timeout) as it was
+    value = verdict.val_bpb
+    if value is None:
+        return result  # it evaluated, then failed: a crash
+    if not (math.isfinite(value) and value > 0):
+        result.status, result.val_bpb, result.reason = "crash", None, f"val_bpb is {value} (the loss diverged?)"
+        return result
+    result.status, result.val_bpb, result.reason = "ok", value, ""
+    return result
+
+
+def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Event]) -> Optional[str]:
+    """None when the script exits, "timeout" at the hard kill, "interrupted" once `stop` is set."""
+    deadline = time.monotonic() + kill_after
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=left if stop is None else max(0.0, min(0.1, left)))
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            return "timeout"
+        if stop is not None and stop.is_set():
+            return "interrupted"
 
 
 @contextlib.contextmanager
@@ -349,7 +486,10 @@ def run_once(
     folder = Path(folder).resolve()
     cfg = load_config(folder)
     ws = Workspace.open(folder)
-    script = folder / cfg.editable
+    from .guards import WorkspaceGuard, check_editable, compile_harness
+    from .trust import TrustPolicy
+
+    script = check_editable(folder, cfg.editable)
     if not script.is_file():
         raise ArError(
             f"the editable script {cfg.editable} is missing from {folder}; restore it with `git checkout -- {cfg.editable}`"
@@ -378,7 +518,15 @@ def run_once(
         "AUTORESEARCH_TIME_BUDGET": f"{run_budget:g}",
         "AUTORESEARCH_BACKEND": cfg.backend,
     }
-    result = run_script(script, cwd=folder, log_path=log_path, env=env, kill_after=run_kill, grace=grace, on_progress=on_progress)
+    # Not strict: a person may run with uncommitted changes; what the run itself changes is undone.
+    compile_harness()
+    guard = WorkspaceGuard(folder, cfg.editable, log_path, strict=False)
+    guard.before()
+    result = run_script(script, cwd=folder, log_path=log_path, env=env, kill_after=run_kill, grace=grace,
+                        on_progress=on_progress, policy=TrustPolicy.for_config(cfg, run_budget))
+    damage = guard.after()
+    if damage and result.status != "interrupted":
+        result = reject(result, "workspace modified", "; ".join(damage))
 
     if description is None:
         description = "baseline" if best is None else ws.commit_subject()
@@ -388,6 +536,8 @@ def run_once(
     elif dirty:
         note = f"{cfg.editable} has uncommitted changes (commit, then run again)"
     else:
+        if result.status == "rejected":
+            description += rejection_note(result.rejection)
         if run_budget != cfg.budget:
             # Recorded (a smoke test should show in `ar results`), but flagged: its number is
             # not comparable with full-budget runs.
@@ -410,6 +560,8 @@ def run_once(
             note = f"does not beat the best {best:.6f}"
         elif result.status == "timeout":
             note = f"killed at the hard limit ({run_kill:g} s)"
+        elif result.status == "rejected":
+            note = result.reason
         else:
             note = "the script ended without a val_bpb"
 
@@ -432,6 +584,8 @@ def run_once(
             "kill": run_kill,
             "returncode": result.returncode,
             "reason": result.reason,
+            "rejection": result.rejection or None,
+            "harness": result.harness,
             "summary": result.summary,
             "backend": result.summary.get("backend", cfg.backend),
             "chip": result.summary.get("chip"),

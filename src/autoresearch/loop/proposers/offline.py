@@ -17,6 +17,8 @@ All the coarse moves of every constant come before any finer move; constants the
 mentions least go first (ties in an order fixed by `seed`), and a constant whose last
 change was kept is pushed the same way again. It never repeats an experiment it already
 ran: its descriptions (``offline: MATRIX_LR 0.04 -> 0.08``) are read back from the history.
+With several workers it never proposes an experiment that is running (``ctx.in_flight``),
+and counts running experiments as mentions, so workers change different constants.
 Harness constants (time budget, sequence length, evaluation, untimed warm-up steps, seeds)
 are never touched.
 """
@@ -231,9 +233,8 @@ class OfflineProposer:
         """Every move still untried, in the order they would be proposed."""
         constants = [c for c in find_constants(ctx.editable_text) if self._eligible(c.name)]
         tried, last = _tried(ctx.history)
-        mentions = {
-            c.name: sum(bool(re.search(rf"\b{c.name}\b", h.description)) for h in ctx.history) for c in constants
-        }
+        described = [h.description for h in ctx.history] + list(ctx.in_flight)
+        mentions = {c.name: sum(bool(re.search(rf"\b{c.name}\b", d)) for d in described) for c in constants}
         rng = random.Random(self.seed)
         tie = {c.name: rng.random() for c in constants}
         order = sorted(constants, key=lambda c: (mentions[c.name], tie[c.name]))
@@ -255,13 +256,16 @@ class OfflineProposer:
                 "offline proposer to change; use an LLM proposer (set ANTHROPIC_API_KEY or pass --proposer)"
             )
         for move in self.candidates(ctx):
+            description = f"offline: {move.name} {move.old_text} -> {move.new_text}"
+            if description in ctx.in_flight:
+                continue  # another worker is running exactly this
             c = constants[move.name]
             new_text = ctx.editable_text[: c.start] + move.new_text + ctx.editable_text[c.end :]
             try:
                 ast.parse(new_text)
             except SyntaxError:  # cannot happen with a literal swapped for a literal; be safe
                 continue
-            return Proposal(new_text=new_text, description=f"offline: {move.name} {move.old_text} -> {move.new_text}")
+            return Proposal(new_text=new_text, description=description)
         raise NoProposal(
             f"the offline proposer has tried every change of the constants in {ctx.editable_name} around the "
             "current best; an LLM proposer can go further"
