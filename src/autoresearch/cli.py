@@ -274,19 +274,24 @@ def results(
 
     from .loop.config import RESULTS_NAME, RUNS_RELDIR
     from .loop.parallel import workers_by_commit
-    from .loop.results import TABLE_COLUMNS, best_before, read_results, summarize, table_rows
+    from .loop.results import TABLE_COLUMNS, best_before, read_results, summarize, table_rows, usage_by_commit
 
     with user_errors():
         rows = read_results(folder / RESULTS_NAME)
     summary = summarize(rows)
     ran_on = workers_by_commit(folder / RUNS_RELDIR / "runs.jsonl")  # `ar loop --workers`: who ran what
+    spent = usage_by_commit(folder / RUNS_RELDIR / "runs.jsonl")  # LLM tokens and cost per proposal
+    total_cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
+    total_tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in ("input_tokens", "output_tokens", "cache_read_tokens")}
     if as_json:
         out = [
             {"n": i, **r.as_dict(), "best_before": b, "delta": (r.val_bpb - b) if b is not None and r.status != "crash" else None,
-             **({"worker": ran_on.get(r.commit[:7])} if ran_on else {})}
+             **({"worker": ran_on.get(r.commit[:7])} if ran_on else {}),
+             "usage": spent.get(r.commit[:7])}
             for i, (r, b) in enumerate(zip(rows, best_before(rows)), start=1)
         ]
-        typer.echo(json.dumps({"rows": out, "summary": summary.as_dict()}, indent=1))
+        llm = {**total_tokens, "cost_usd": round(total_cost, 6)}
+        typer.echo(json.dumps({"rows": out, "summary": {**summary.as_dict(), "llm": llm}}, indent=1))
         return
     from rich.text import Text
 
@@ -297,6 +302,9 @@ def results(
     if ran_on:  # a worker column before the description
         columns = TABLE_COLUMNS[:-1] + ("worker",) + TABLE_COLUMNS[-1:]
         cells = [c[:-1] + (ran_on.get(c[1][:7], ""),) + c[-1:] for c in cells]
+    if spent:  # a cost column before the description
+        columns = columns[:-1] + ("cost",) + columns[-1:]
+        cells = [c[:-1] + (f"${spent[c[1][:7]]['cost_usd']:.4f}" if c[1][:7] in spent else "",) + c[-1:] for c in cells]
     cells = cells[-last:] if last else cells
     widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
     right = {0, 2, 3, 4}
@@ -320,6 +328,12 @@ def results(
         line += f"; baseline {summary.baseline:.6f} -> best {summary.best:.6f}"
         line += f" ({-summary.improvement:+.6f}, {-summary.improvement_pct:+.2f}%)"
     console.print(line, highlight=False)
+    if spent:
+        console.print(
+            f"LLM: {total_tokens['input_tokens']:,} input, {total_tokens['output_tokens']:,} output, "
+            f"{total_tokens['cache_read_tokens']:,} cached tokens; ${total_cost:.2f} in total",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -302,3 +302,14 @@ def summarize(rows: list[ResultRow]) -> ResultsSummary:
         baseline=kept[0] if kept else None,
         best=min(kept) if kept else None,
     )
+
+
+def usage_by_commit(runs_path: Path) -> dict[str, dict]:
+    """Commit (7 characters) -> the LLM usage of its proposal (tokens, cost_usd), from
+    runs.jsonl's "finished" records; proposals that cost nothing are left out."""
+    out: dict[str, dict] = {}
+    for r in read_run_records(runs_path):
+        usage = r.get("usage") if r.get("event") == "finished" else None
+        if isinstance(usage, dict) and r.get("commit") and any(usage.get(k) for k in usage):
+            out[str(r["commit"])[:7]] = usage
+    return out

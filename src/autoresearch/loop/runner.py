@@ -287,8 +287,8 @@ def run_script(
             status = "interrupted"
         finally:
             # Always, even after a normal exit: sweep up workers the script left behind.
-            # A second Ctrl-C while stopping is ignored so the sweep completes.
-            with _ignoring_sigint():
+            # A second Ctrl-C while stopping kills the group at once; the sweep completes.
+            with _second_sigint_kills(proc):
                 stubborn = stop_group(proc, grace, reap=tracker.reap)
                 strays = tracker.kill_strays()  # those that had left the group
                 tracker.close()
@@ -358,11 +358,13 @@ def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Ev
 
 
 @contextlib.contextmanager
-def _ignoring_sigint() -> Iterator[None]:
+def _second_sigint_kills(proc: subprocess.Popen) -> Iterator[None]:
+    """While the group is being stopped, another Ctrl-C SIGKILLs it at once (no grace)
+    instead of interrupting the sweep, so "Ctrl-C twice" stops at once and cleanly."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old = signal.signal(signal.SIGINT, lambda *_: _signal_group(proc, signal.SIGKILL))
     try:
         yield
     finally:
