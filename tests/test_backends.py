@@ -281,8 +281,9 @@ def test_upstream_h100_setting():
 def test_cpu_tiny_setting():
     s = suggest_config(cpu_box(), "cpu", PROFILES["tiny"])
     assert (s.depth, s.device_batch_size, s.total_batch_size) == (2, 16, 16 * 256)
-    # MLX on a Linux CPU is a CPU too.
-    assert suggest_config(cpu_box(), "mlx", PROFILES["tiny"]) == s
+    # MLX's CPU build on Linux is ~15x slower at matmuls: a quarter of the tokens per step.
+    m = suggest_config(cpu_box(), "mlx", PROFILES["tiny"])
+    assert (m.depth, m.device_batch_size, m.total_batch_size) == (2, 4, 4 * 256)
 
 
 @pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))

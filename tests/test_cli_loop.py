@@ -22,6 +22,7 @@ from autoresearch.loop.core import INTERRUPTED_NOTE, LoopEvent
 from autoresearch.loop.display import LiveDisplay, PlainDisplay
 from autoresearch.loop.results import read_results, read_run_records
 from autoresearch.loop.runner import RunResult
+from fake_cache import fake_prepared_data
 
 # Fast stand-in for train.py: val_bpb depends on its constants (best at LR = 0.02, DEPTH = 5).
 # With hang.flag present, any changed script hangs (for the stop and kill tests).
@@ -76,14 +77,7 @@ def ws(tmp_path, cli) -> Path:
     folder = tmp_path / "research"
     res = cli("init", "loop1", "--dir", folder, "--backend", "cpu", "--budget", "20", "--kill", "60")
     assert res.exit_code == 0, res.output
-    data = tmp_path / "cache" / "data" / "builtin"
-    data.mkdir(parents=True)
-    for i in range(2):
-        (data / f"shard_{i:05d}.parquet").write_bytes(b"")
-    (data / ".complete").write_text("")
-    tok = tmp_path / "cache" / "tokenizers" / "builtin-v2048"
-    tok.mkdir(parents=True)
-    (tok / "tokenizer.pkl").write_bytes(b"")
+    fake_prepared_data(tmp_path / "cache")
     (folder / "train.py").write_text(FAKE_TRAIN)
     # The fake script prints its own val_bpb: opt out of the harness result channel.
     cfg = folder / ".autoresearch" / "config.toml"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from autoresearch.cli import app
 from autoresearch.errors import ArError
 from autoresearch.loop import config as config_mod
 from autoresearch.loop.results import HEADER, read_results
+from fake_cache import fake_prepared_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -75,18 +77,6 @@ def git(folder: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def prepare_fake_data(tmp_path: Path) -> None:
-    """What `ar prepare` leaves in the cache, as far as the readiness check looks."""
-    d = tmp_path / "cache" / "data" / "builtin"
-    d.mkdir(parents=True)
-    for i in range(2):
-        (d / f"shard_{i:05d}.parquet").write_bytes(b"")
-    (d / ".complete").write_text("")
-    t = tmp_path / "cache" / "tokenizers" / "builtin-v2048"
-    t.mkdir(parents=True)
-    (t / "tokenizer.pkl").write_bytes(b"")
-
-
 def commit_experiment(folder: Path, bpb: float, message: str) -> None:
     (folder / "bpb.txt").write_text(str(bpb))
     git(folder, "add", "bpb.txt")
@@ -103,7 +93,7 @@ def test_init_run_results_plot_end_to_end(tmp_path, cli):
     # Not prepared yet: `ar run` refuses with the command to run, and records nothing.
     res = cli("run", "--dir", str(ws))
     assert res.exit_code == 1 and "ar prepare --source builtin --profile tiny" in res.output
-    prepare_fake_data(tmp_path)
+    fake_prepared_data(tmp_path / "cache")
 
     # Put the fake training script in place of the template, as a committed change.
     (ws / "train.py").write_text(FAKE_TRAIN)
@@ -166,11 +156,13 @@ def test_init_in_a_non_git_folder_creates_the_repo(tmp_path, cli):
     assert git(tmp_path / "fresh", "branch", "--show-current") == "autoresearch/apr1"
 
 
-def test_init_refuses_an_existing_tag_a_dirty_tree_and_a_bad_tag(tmp_path, cli):
+def test_init_twice_resumes_and_refuses_a_dirty_tree_and_a_bad_tag(tmp_path, cli):
     assert cli("init", "mar5", "--dir", str(tmp_path), "--backend", "cpu").exit_code == 0
-    again = cli("init", "mar5", "--dir", str(tmp_path), "--backend", "cpu")
-    assert again.exit_code == 1 and "branch autoresearch/mar5 already exists" in again.output
-    assert "Traceback" not in again.output
+    head = git(tmp_path, "rev-parse", "HEAD")
+    git(tmp_path, "checkout", "-q", "-b", "elsewhere")
+    again = cli("init", "mar5", "--dir", str(tmp_path), "--backend", "cpu")  # the quick start pasted twice
+    assert again.exit_code == 0 and "resumed" in again.output, again.output
+    assert git(tmp_path, "branch", "--show-current") == "autoresearch/mar5" and git(tmp_path, "rev-parse", "HEAD") == head
 
     (tmp_path / "program.md").write_text("my own rules\n")
     dirty = cli("init", "mar6", "--dir", str(tmp_path), "--backend", "cpu")
@@ -178,6 +170,55 @@ def test_init_refuses_an_existing_tag_a_dirty_tree_and_a_bad_tag(tmp_path, cli):
 
     bad = cli("init", "no spaces please", "--dir", str(tmp_path), "--backend", "cpu")
     assert bad.exit_code == 1 and "not make a valid git branch name" in bad.output
+
+
+def test_init_in_an_existing_repo_commits_on_the_new_branch_only_with_literal_dials(tmp_path, cli):
+    repo = tmp_path / "proj"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "master")
+    (repo / "README").write_text("mine\n")
+    git(repo, "add", "README")
+    git(repo, "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "mine")
+    res = cli("init", "mar5", "--dir", str(repo), "--backend", "cpu")
+    assert res.exit_code == 0, res.output
+    assert git(repo, "ls-tree", "--name-only", "master") == "README"  # master untouched
+    files = git(repo, "ls-tree", "--name-only", "HEAD").split()
+    assert {"train.py", "train_mlx.py", "program.md", ".gitignore"} <= set(files)
+    for name in ("train.py", "train_mlx.py"):  # the size as plain numbers, with where they came from
+        text = (repo / name).read_text()
+        assert re.search(r"^DEPTH = \d+  #", text, re.M) and re.search(r"^TOTAL_BATCH_SIZE = 2\*\*\d+  #", text, re.M)
+        assert "suggested by `ar init` for" in text and "profile tiny" in text and "_suggested" not in text
+
+
+def test_a_new_tag_archives_the_previous_results(tmp_path, cli):
+    assert cli("init", "mar5", "--dir", str(tmp_path), "--backend", "cpu").exit_code == 0
+    rows = HEADER + "\na1b2c3d\t1.000000\t2.0\tkeep\tbaseline\n"
+    (tmp_path / "results.tsv").write_text(rows)
+    res = cli("init", "mar6", "--dir", str(tmp_path), "--backend", "cpu")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "results-mar5.tsv").read_text() == rows  # never lost
+    assert (tmp_path / "results.tsv").read_text() == HEADER + "\n"  # a fresh one for mar6
+    assert git(tmp_path, "status", "--porcelain") == ""  # the archive stays out of git
+
+
+def test_init_with_a_local_source_suggests_a_prepare_command_that_works(tmp_path, cli):
+    missing = cli("init", "loc", "--dir", str(tmp_path / "a"), "--backend", "cpu", "--source", "local")
+    assert missing.exit_code == 1 and "--path" in missing.output
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    import gzip
+    from importlib import resources
+
+    # The shipped public-domain corpus as a user's own folder: enough text for the tokenizer.
+    lines = gzip.decompress((resources.files("autoresearch") / "data/builtin/web_bible.jsonl.gz").read_bytes()).splitlines()
+    (texts / "a.jsonl").write_bytes(b"\n".join(lines[:-100]) + b"\n")
+    (texts / "b.jsonl").write_bytes(b"\n".join(lines[-100:]) + b"\n")
+    res = cli("init", "loc", "--dir", str(tmp_path / "b"), "--backend", "cpu", "--source", "local", "--path", str(texts))
+    assert res.exit_code == 0, res.output
+    command = re.search(r"run: (ar prepare .*? --profile \w+)", " ".join(res.output.split())).group(1)
+    assert command == f"ar prepare --source local --path {texts} --profile tiny"
+    pasted = cli(*command.split()[1:])  # the suggestion, pasted
+    assert pasted.exit_code == 0, pasted.output
 
 
 def test_results_with_a_bad_row_names_the_line(tmp_path, cli):
@@ -255,7 +296,7 @@ time.sleep(120)
 def test_ctrl_c_on_ar_run_stops_training_and_records_nothing(tmp_path, cli):
     ws = tmp_path / "ws"
     assert cli("init", "int", "--dir", str(ws), "--backend", "cpu", "--budget", "20", "--kill", "60").exit_code == 0
-    prepare_fake_data(tmp_path)
+    fake_prepared_data(tmp_path / "cache")
     (ws / "train.py").write_text(HANGING_TRAIN)
     cfg = ws / ".autoresearch" / "config.toml"  # a fake script: no harness result channel
     cfg.write_text(cfg.read_text() + 'metric = "printed"\n')

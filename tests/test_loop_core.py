@@ -11,7 +11,8 @@ from typing import Optional
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.core import INTERRUPTED_NOTE, Loop, LoopSettings, best_row, comparable, run_loop
+from autoresearch.loop.core import INTERRUPTED_NOTE, Loop, LoopSettings, run_loop
+from autoresearch.loop.journal import best_entry, budget_key, history
 from autoresearch.loop.proposal import NoProposal, Proposal, Usage
 from autoresearch.loop.results import ResultRow, append_result, append_run_record, read_results, read_run_records
 from autoresearch.loop.runner import RunResult
@@ -110,10 +111,10 @@ class Invariants:
         self.events.append(event)
         if event.kind == "finished":
             assert git(self.ws.path, "status", "--porcelain") == ""
-            rows = comparable(read_results(self.ws.path / "results.tsv"), self.s.budget, self.s.full_budget)
-            best = best_row(rows, self.ws.ancestry())
+            entries = history(self.ws.path, budget=self.s.full_budget, backend=self.s.backend)
+            best = best_entry(entries, (budget_key(self.s.budget), self.s.backend), self.ws.ancestry())
             if best is not None:
-                assert self.ws.head_commit() == best.commit
+                assert self.ws.head_commit() == best.row.commit
             self.checked += 1
 
 
@@ -311,7 +312,8 @@ def test_a_smoke_budget_has_its_own_baseline_and_best(ws):
     report, _ = loop(ws, ScriptedProposer([0.02]), runner, s)
     assert [r.description for r in rows(ws)] == ["baseline", "baseline (budget 2 s)", "LR 0.04 -> 0.02 (budget 2 s)"]
     assert rows(ws)[2].status == "keep" and report.best == 1.4  # 1.4 is not compared with the 0.9
-    assert all(r.smoke for r in rows(ws)[1:])
+    entries = history(ws.path, budget=60.0, backend="")
+    assert [e.budget for e in entries] == ["60", "2", "2"]  # from the journal, not the description
 
 
 def test_a_dirty_tree_is_refused(ws):
@@ -354,7 +356,8 @@ def test_recover_a_run_that_died_writes_one_crash_row_and_resets(ws):
     assert _recover(ws) == 1
     assert [(r.commit, r.status, r.description) for r in rows(ws)][1:] == [(commit, "crash", f"LR 0.04 -> 0.08 {INTERRUPTED_NOTE}")]
     assert ws.head_commit() == parent and git(ws.path, "status", "--porcelain") == ""
-    assert records(ws, "recovered")[0]["row"] == "crash"
+    rec = records(ws, "recovered")[0]
+    assert rec["status"] == "crash" and rec["row"] == 2 and rec["budget"] == 60.0  # the journal names the row it wrote
     assert _recover(ws) == 0 and len(rows(ws)) == 2  # idempotent: never a second row
 
 

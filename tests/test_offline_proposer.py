@@ -146,3 +146,23 @@ def test_skip_list_is_respected():
     assert candidates and {m.name for m in candidates} == {"WD"}
     p = OfflineProposer(skip=frozenset({"LR"})).propose(context(text))
     assert p.description in ("offline: WD 0.1 -> 0.2", "offline: WD 0.1 -> 0.05")
+
+
+@pytest.mark.parametrize("script", ["train.py", "train_mlx.py"])
+def test_against_the_shipped_templates_depth_moves_within_ten_proposals(tmp_path, script):
+    # The real templates as `ar init` writes them (literal dials), not a hand-written script.
+    from autoresearch.loop.config import init_workspace
+    from autoresearch.loop.proposal import HistoryItem, ProposalContext
+    from autoresearch.loop.proposers.offline import OfflineProposer
+
+    init_workspace(tmp_path, "t", backend="cpu")
+    text = (tmp_path / script).read_text()
+    history: list = []
+    descriptions = []
+    for i in range(10):
+        ctx = ProposalContext(program="", editable_name=script, editable_text=text, history=tuple(history),
+                              best=1.0, hardware="", profile="")
+        p = OfflineProposer().propose(ctx)
+        descriptions.append(p.description)
+        history.append(HistoryItem(i + 2, f"{i:07x}", 1.1, "discard", p.description))
+    assert any(d.startswith("offline: DEPTH ") for d in descriptions), descriptions

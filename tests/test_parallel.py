@@ -21,13 +21,15 @@ from autoresearch.backends.detect import GpuDevice, Hardware
 from autoresearch.cli import app
 from autoresearch.errors import ArError
 from autoresearch.loop.core import INTERRUPTED_NOTE, LoopSettings
-from autoresearch.loop.parallel import ParallelLoop, plan_workers, run_parallel, workers_by_commit
+from autoresearch.loop.journal import workspace_view
+from autoresearch.loop.parallel import ParallelLoop, plan_workers, run_parallel
 from autoresearch.loop.proposal import HistoryItem, NoProposal, Proposal, ProposalContext
 from autoresearch.loop.proposers.offline import OfflineProposer
 from autoresearch.loop.results import read_results, read_run_records
 from autoresearch.loop.runner import RunResult, allocate_log
 from autoresearch.loop.workspace import Workspace
 from autoresearch.loop.worktrees import WORKTREES_RELDIR, WorktreePool, merge3, prune_stale_worktrees
+from fake_cache import fake_prepared_data
 
 # Fast stand-in for train.py: val_bpb depends on its constants (best at LR 0.02, DEPTH 5,
 # WD 0.05). It is steered through files in the test's control folder `ctl` (the runner
@@ -88,14 +90,7 @@ def ws(tmp_path, cli) -> Path:
     folder = tmp_path / "research"
     res = cli("init", "par", "--dir", folder, "--backend", "cpu", "--budget", "20", "--kill", "60")
     assert res.exit_code == 0, res.output
-    data = tmp_path / "cache" / "data" / "builtin"
-    data.mkdir(parents=True)
-    for i in range(2):
-        (data / f"shard_{i:05d}.parquet").write_bytes(b"")
-    (data / ".complete").write_text("")
-    tok = tmp_path / "cache" / "tokenizers" / "builtin-v2048"
-    tok.mkdir(parents=True)
-    (tok / "tokenizer.pkl").write_bytes(b"")
+    fake_prepared_data(tmp_path / "cache")
     ctl = tmp_path / "ctl"
     (ctl / "pids").mkdir(parents=True)
     (folder / "train.py").write_text(FAKE_TRAIN.format(ctl=str(ctl)))
@@ -308,7 +303,7 @@ def test_a_win_measured_against_an_older_best_is_reapplied_and_confirmed(ws):
     confirm = [r for r in records if r.get("event") == "run" and r.get("kind") == "confirm"]
     assert [(c["commit"], c["worker"], c["val_bpb"]) for c in confirm] == [(wd_row.commit, "w2", pytest.approx(1.05))]
     assert [c[2] for c in executor.calls if c[0] == 1] == [pytest.approx(1.743147), pytest.approx(1.05)]
-    assert workers_by_commit(ws / ".autoresearch" / "runs" / "runs.jsonl") == {rows[0].commit: "w1", lr_commit: "w1", wd_row.commit: "w2"}
+    assert {e.row.commit: e.worker for e in workspace_view(ws).entries} == {rows[0].commit: "w1", lr_commit: "w1", wd_row.commit: "w2"}
     assert_clean_end(ws)
 
 

@@ -13,12 +13,11 @@ from autoresearch.loop.results import (
     ResultRow,
     append_result,
     append_run_record,
-    best_before,
     create_results,
     read_results,
     read_run_records,
-    summarize,
 )
+from autoresearch.loop.journal import View, best_before, best_entry, join, summarize
 from autoresearch.plot import plot_progress
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,11 +126,25 @@ def test_best_before_and_summary_follow_the_kept_rows():
     rows = rows_of(
         (1.0, "keep", "baseline"), (1.1, "discard", "worse"), (0.0, "crash", "oom"), (0.95, "keep", "better"), (0.97, "discard", "meh")
     )
-    assert best_before(rows) == [None, 1.0, 1.0, 1.0, 0.95]
-    s = summarize(rows)
+    entries = join(rows, [], budget=300, backend="cpu")
+    assert best_before(entries) == [None, 1.0, 1.0, 1.0, 0.95]
+    s = summarize(entries)
     assert (s.experiments, s.kept, s.discarded, s.crashed, s.baseline, s.best) == (5, 2, 2, 1, 1.0, 0.95)
     assert s.improvement == pytest.approx(0.05) and s.improvement_pct == pytest.approx(5.0)
     assert summarize([]).improvement is None
+
+
+def test_the_best_is_per_budget_and_backend_from_the_journal_never_from_descriptions():
+    # Row 2 claims "(budget 5 s)" in its text but its record says 300 s on mlx: the record wins.
+    rows = rows_of((1.0, "keep", "baseline"), (0.5, "keep", "baseline (budget 5 s)"), (0.9, "keep", "wider"))
+    records = [{"event": "finished", "row": 2, "commit": rows[1].commit, "budget": 300, "backend": "mlx"},
+               {"event": "finished", "row": 3, "commit": rows[2].commit, "budget": 300.0, "backend": "cpu"}]
+    entries = join(rows, records, budget=300, backend="cpu")
+    assert [e.key for e in entries] == [("300", "cpu"), ("300", "mlx"), ("300", "cpu")]
+    assert best_entry(entries, ("300", "cpu")).row.val_bpb == 0.9  # never compared with mlx's 0.5
+    assert best_entry(entries, ("300", "mlx")).row.val_bpb == 0.5
+    assert best_entry(entries, ("300", "cpu"), ancestry={rows[0].commit}).row.val_bpb == 1.0  # off the branch: not the best
+    assert best_before(entries) == [None, None, 1.0]
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -143,12 +156,12 @@ def test_plot_writes_a_png(tmp_path):
         (3.5, "discard", "a wild outlier far above the rest"),
         (0.97, "keep", "remove value embeddings"),
     )
-    out = plot_progress(rows, tmp_path / "sub" / "progress.png")
+    out = plot_progress(View(join(rows, [], budget=300, backend="cpu"), None, ("300", "cpu")), tmp_path / "sub" / "progress.png")
     data = out.read_bytes()
     assert data.startswith(PNG_MAGIC) and len(data) > 10_000
 
 
 def test_plot_of_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(ArError, match="no experiments yet"):
-        plot_progress([], tmp_path / "p.png")
+        plot_progress(View([], None, None), tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()

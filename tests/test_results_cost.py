@@ -21,9 +21,9 @@ def test_results_show_cost_per_experiment_and_total(tmp_path):
     runs.mkdir(parents=True)
     zero = {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_write_tokens": 0, "cost_usd": 0.0}
     records = [
-        {"event": "finished", "commit": "aaaaaaa", "usage": zero},
-        {"event": "finished", "commit": "bbbbbbb", "usage": {**zero, "input_tokens": 12000, "output_tokens": 800, "cache_read_tokens": 9000, "cost_usd": 0.0321}},
-        {"event": "finished", "commit": "ccccccc", "usage": {**zero, "input_tokens": 3000, "output_tokens": 200, "cost_usd": 0.0101}},
+        {"event": "finished", "row": 1, "commit": "aaaaaaa", "usage": zero},
+        {"event": "finished", "row": 2, "commit": "bbbbbbb", "usage": {**zero, "input_tokens": 12000, "output_tokens": 800, "cache_read_tokens": 9000, "cost_usd": 0.0321}},
+        {"event": "finished", "row": 3, "commit": "ccccccc", "usage": {**zero, "input_tokens": 3000, "output_tokens": 200, "cost_usd": 0.0101}},
     ]
     (runs / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     runner = CliRunner()

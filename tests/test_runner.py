@@ -17,9 +17,11 @@ import pytest
 from autoresearch.errors import ArError
 from autoresearch.loop.config import WorkspaceConfig, write_config
 from autoresearch.loop.results import read_results, read_run_records
+from autoresearch.loop.journal import history
 from autoresearch.loop.runner import allocate_log, run_once, run_script
 from autoresearch.loop.summary import last_error_line, parse_progress, parse_summary
 from autoresearch.loop.workspace import Workspace
+from fake_cache import fake_prepared_data
 
 SUMMARY = """\
 ---
@@ -255,17 +257,6 @@ def test_a_callback_that_fails_does_not_block_the_run(tmp_path):
 # -- run_once in a workspace ----------------------------------------------------------
 
 
-def fake_prepared_data(cache: Path, source: str = "builtin", vocab: int = 2048) -> None:
-    d = cache / "data" / source
-    d.mkdir(parents=True)
-    for i in range(2):
-        (d / f"shard_{i:05d}.parquet").write_bytes(b"")
-    (d / ".complete").write_text("")
-    t = cache / "tokenizers" / f"{source}-v{vocab}"
-    t.mkdir(parents=True)
-    (t / "tokenizer.pkl").write_bytes(b"")
-
-
 FAKE_TRAIN = """\
 import os
 bpb = float(open("bpb.txt").read())
@@ -343,13 +334,35 @@ def test_budget_override_is_recorded_but_never_the_best_and_dirty_script_is_not_
     assert smoke.recorded == "keep" and smoke.description.endswith("(budget 1 s)")
     assert "budget=1" in smoke.result.log_path.read_text()
     rows = read_results(folder / "results.tsv")
-    assert len(rows) == 1 and rows[0].smoke
+    assert len(rows) == 1 and history(folder, budget=5, backend="cpu")[0].budget == "1"  # the journal says so
     (folder / "train.py").write_text(FAKE_TRAIN + "# edited\n")
     dirty = run_once(folder, grace=0.2)
     assert dirty.recorded is None and "uncommitted" in dirty.note
     assert len(read_results(folder / "results.tsv")) == 1
     records = read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl")
     assert [r["dirty"] for r in records] == [False, True] and records[0]["budget"] == 1
+
+
+def test_full_budget_run_after_a_smoke_run_is_its_own_baseline_and_each_backend_has_its_own(workspace):
+    folder, ws = workspace
+    (folder / "bpb.txt").write_text("1.0")
+    assert run_once(folder, budget=1, grace=0.2).recorded == "keep"  # 1.0 at 1 s
+    ws.commit(["bpb.txt"], "set 1.0")
+    (folder / "bpb.txt").write_text("1.2")
+    ws.commit(["bpb.txt"], "worse")
+    full = run_once(folder, grace=0.2)
+    assert full.recorded == "keep" and full.best_before is None  # never judged against the 1 s run
+    # --backend mlx runs train_mlx.py, with its own baseline: 1.3 is not compared with cpu's 1.2.
+    write_script(folder, FAKE_TRAIN, "train_mlx.py")
+    (folder / "bpb.txt").write_text("1.3")
+    ws.commit(["train_mlx.py", "bpb.txt"], "the mlx script")
+    mlx = run_once(folder, backend="mlx", grace=0.2)
+    assert mlx.recorded == "keep" and mlx.best_before is None
+    assert "backend: mlx" in mlx.result.log_path.read_text()
+    entries = history(folder, budget=5, backend="cpu")
+    assert [(e.budget, e.backend, e.row.status) for e in entries] == [("1", "cpu", "keep"), ("5", "cpu", "keep"), ("5", "mlx", "keep")]
+    records = read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl")
+    assert [r["event"] for r in records] == ["finished"] * 3 and [r["row"] for r in records] == [1, 2, 3]
 
 
 def test_run_once_refuses_missing_data_and_kill_below_budget(workspace, tmp_path, monkeypatch):

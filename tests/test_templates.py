@@ -139,3 +139,13 @@ def test_without_prepared_data_it_prints_the_prepare_command(tmp_path, name):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "ar prepare --source builtin --profile tiny" in lines[0]
+
+
+def test_program_md_at_the_repository_root_is_the_one_ar_init_ships():
+    # The design card stands at the root, as upstream has it; the package ships the same text.
+    from pathlib import Path
+
+    from autoresearch.loop.config import template_bytes
+
+    root = Path(__file__).resolve().parents[1] / "program.md"
+    assert root.read_bytes() == template_bytes("program.md"), "copy src/autoresearch/templates/program.md to program.md"

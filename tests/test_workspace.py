@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 
 import git
@@ -12,7 +15,7 @@ from autoresearch.data.context import load_context, read_workspace_config
 from autoresearch.errors import ArError
 from autoresearch.loop import config as config_mod
 from autoresearch.loop.config import WorkspaceConfig, init_workspace, load_config, write_config
-from autoresearch.loop.workspace import FALLBACK_EMAIL, Workspace, valid_branch_name
+from autoresearch.loop.workspace import FALLBACK_EMAIL, Workspace, git_output, valid_branch_name
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +95,21 @@ def test_branch_name_check_follows_git(tmp_path):
         assert not valid_branch_name(bad), bad
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_git_commands_ignore_a_terminal_ctrl_c_but_stay_in_our_process_group(tmp_path):
+    """Ctrl-C signals the whole foreground group: git must finish, not die mid-reset. Staying in
+    `ar`'s process group is how containment tells `ar`'s git from a run's orphans."""
+    ws = Workspace.init(tmp_path)
+    # An alias runs in a shell whose parent ($PPID) is the git process itself.
+    text = git_output(ws.repo, "-c", "alias.me=!cat /proc/$PPID/status /proc/$PPID/stat", "me")
+    assert re.search(r"^Name:\s*git", text, re.M)
+    blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", text, re.M).group(1), 16)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        assert blocked & (1 << (sig - 1)), f"{sig.name} is not blocked in git"
+    assert int(text.rstrip().rsplit(")", 1)[1].split()[2]) == os.getpgrp()
+    assert not signal.pthread_sigmask(signal.SIG_BLOCK, []) & {signal.SIGINT, signal.SIGTERM}  # ours is back
+
+
 def test_open_refuses_a_folder_that_is_not_a_repo(tmp_path):
     with pytest.raises(ArError, match="not a git repository"):
         Workspace.open(tmp_path)
@@ -159,7 +177,7 @@ def test_init_in_a_plain_folder_makes_a_complete_workspace(tmp_path):
     assert report.created_repo and report.branch == "autoresearch/mar5"
     assert git_out(folder, "branch", "--show-current") == "autoresearch/mar5"
     tracked = set(git_out(folder, "ls-files").split())
-    assert tracked == {".autoresearch/config.toml", ".gitignore", "program.md", "train.py"}
+    assert tracked == {".autoresearch/config.toml", ".gitignore", "program.md", "train.py", "train_mlx.py"}
     assert git_out(folder, "status", "--porcelain", "--untracked-files=no") == ""
     assert (folder / "results.tsv").read_text() == "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
     assert git_out(folder, "check-ignore", "results.tsv", ".autoresearch/runs/0001-abc.log").splitlines() == [
@@ -171,10 +189,11 @@ def test_init_in_a_plain_folder_makes_a_complete_workspace(tmp_path):
         "mar5", "cpu", "tiny", "builtin", 30, 200, "train.py",
     )
     program = (folder / "program.md").read_text()
-    assert "`train.py`" in program and "{{editable}}" not in program and "NEVER STOP" in program
+    assert "`train.py`" in program and "`train_mlx.py`" in program and "{{" not in program and "NEVER STOP" in program
     assert "lowest val_bpb" in program and "Simplicity criterion" in program and "soft constraint" in program
-    # The template commit is on the starting branch; the config (with the tag) only on the new one.
-    assert "config.toml" not in git_out(folder, "show", "--name-only", "--format=", "HEAD~1")
+    # One commit on the new branch, which is the repository's only branch.
+    assert git_out(folder, "rev-list", "--count", "HEAD") == "1"
+    assert git_out(folder, "branch", "--format=%(refname:short)") == "autoresearch/mar5"
     assert report.data_warning and "ar prepare --source builtin --profile tiny" in report.data_warning
 
 
@@ -184,9 +203,13 @@ def test_the_mlx_backend_gets_its_own_script(tmp_path):
     assert cfg.editable == "train_mlx.py" and (tmp_path / "train_mlx.py").is_file()
 
 
-def test_init_refuses_an_existing_tag(tmp_path):
-    init_workspace(tmp_path, "mar5", backend="cpu")
-    with pytest.raises(ArError, match="autoresearch/mar5 already exists"):
+def test_init_again_resumes_the_existing_tag(tmp_path):
+    first = init_workspace(tmp_path, "mar5", backend="cpu")
+    again = init_workspace(tmp_path, "mar5", backend="cpu")
+    assert again.resumed and again.commit == first.commit and again.written == []
+    (tmp_path / "train.py").write_text("edited but not committed\n")
+    Workspace.open(tmp_path).checkout("HEAD~0")  # detached: a resume must check the branch out
+    with pytest.raises(ArError, match="uncommitted changes"):
         init_workspace(tmp_path, "mar5", backend="cpu")
 
 
@@ -211,7 +234,7 @@ def test_a_second_tag_starts_from_the_current_script_and_keeps_it(tmp_path):
     (tmp_path / "train.py").write_text("improved = True\n")
     ws.commit(["train.py"], "an improvement")
     report = init_workspace(tmp_path, "mar6", backend="cpu", profile="laptop")
-    assert report.kept == ["train.py", "program.md"] and not report.created_repo
+    assert report.kept == ["train.py", "train_mlx.py", "program.md"] and not report.created_repo
     assert (tmp_path / "train.py").read_text() == "improved = True\n"
     assert ws.branch == "autoresearch/mar6" and load_config(tmp_path).tag == "mar6"
     assert load_config(tmp_path).source == "tinystories"  # the laptop profile's source

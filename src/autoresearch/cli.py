@@ -18,12 +18,32 @@ from .errors import ArError
 
 app = typer.Typer(
     name="ar",
-    help="autoresearch: an LLM proposes edits to one training script, `ar` trains each for a fixed "
-    "budget and keeps what lowers val_bpb.",
+    help="autoresearch: an LLM proposes edits to a training script, `ar` trains each for a fixed "
+    "budget and keeps what lowers val_bpb. Start with `ar prepare`, `ar init <tag>`, `ar loop`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain Click help: Rich markup would eat "[ray]" in "pip install 'autoresearch[ray]'", and
+    # Click re-wraps paragraphs to the terminal instead of breaking sentences where the source does.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ar (autoresearch) {version('autoresearch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """autoresearch: an LLM proposes edits to a training script, `ar` trains each for a fixed
+    budget and keeps what lowers val_bpb. Start with `ar prepare`, `ar init <tag>`, `ar loop`."""
 console = Console()
 err_console = Console(stderr=True)
 
@@ -155,20 +175,32 @@ def init(
     ),
     profile: str = typer.Option("tiny", "--profile", "-p", help="Constants every experiment is judged by: tiny, laptop, datacenter."),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Data source (default: the profile's)."),
+    path: Optional[Path] = typer.Option(None, "--path", help="With --source local: the folder of .parquet/.jsonl/.txt files."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds per experiment (default: the profile's)."),
     kill: float = typer.Option(600.0, "--kill", help="Hard limit of one run in seconds, start-up included; then it is killed."),
 ) -> None:
-    """Make a research workspace: git repo, training script, program.md, branch autoresearch/<tag>.
+    """Make a research workspace: git repo, branch autoresearch/<tag>, both training scripts, program.md.
 
-    Settings go to .autoresearch/config.toml (committed).
-    results.tsv and the run logs in .autoresearch/runs/ stay out of git.
-    Files that already exist are never overwritten.
+    train.py (PyTorch) and train_mlx.py (MLX) are both written, with the model size
+    suggested for this machine as plain numbers; --backend on `ar run` and `ar loop`
+    picks the one that runs (default: the backend chosen here). Everything is committed
+    on the new branch only. Settings go to .autoresearch/config.toml. A previous tag's
+    results.tsv is archived as results-<old tag>.tsv. Files that already exist are never
+    overwritten. Run again with the same tag, it checks the branch out and resumes.
     """
     from .loop.config import init_workspace
 
     with user_errors():
-        report = init_workspace(folder, tag, backend=backend, profile=profile, source=source, budget=budget, kill=kill)
+        report = init_workspace(folder, tag, backend=backend, profile=profile, source=source, source_path=path,
+                                budget=budget, kill=kill)
     cfg = report.config
+    if report.resumed:
+        console.print(f"[green]resumed[/] workspace [bold]{report.path}[/] on [bold]{report.branch}[/] at {report.commit} "
+                      "(it exists already; nothing changed)", highlight=False)
+        if report.data_warning:
+            err_console.print(f"[bold yellow]warning:[/] {report.data_warning}", highlight=False, soft_wrap=True)
+        console.print("next: [bold]ar loop[/] to go on, [bold]ar results[/] to see where it stands", highlight=False)
+        return
     made = " (new git repository)" if report.created_repo else ""
     console.print(f"[green]initialized[/] workspace [bold]{report.path}[/]{made}", highlight=False)
     console.print(f"  branch:   [bold]{report.branch}[/] at {report.commit}", highlight=False)
@@ -177,36 +209,48 @@ def init(
         f"budget {cfg.budget:g} s, kill {cfg.kill:g} s",
         highlight=False,
     )
-    console.print(f"  edit:     {cfg.editable} (the agent's instructions are in program.md)", highlight=False)
+    console.print(f"  scripts:  train.py (PyTorch), train_mlx.py (MLX); {cfg.editable} runs by default "
+                  "(--backend picks); the agent's instructions are in program.md", highlight=False)
+    for name, line in report.dials.items():
+        console.print(f"  size:     {name}: {line}", highlight=False)
+    if report.archived:
+        console.print(f"  archived: {', '.join(report.archived)} (the previous tag's results)", highlight=False)
     if report.written:
         console.print(f"  wrote:    {', '.join(report.written)}", highlight=False)
     if report.kept:
         console.print(f"  kept:     {', '.join(report.kept)} (already there, not overwritten)", highlight=False)
     if report.data_warning:
         err_console.print(f"[bold yellow]warning:[/] {report.data_warning}", highlight=False, soft_wrap=True)
-    console.print("next: [bold]ar run[/] to record the baseline", highlight=False)
+    console.print("next: [bold]ar loop[/] (or [bold]ar run[/] to record the baseline by hand)", highlight=False)
 
 
 @app.command()
 def run(
     folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
     budget: Optional[float] = typer.Option(
-        None, "--budget", help="Training seconds for this run only (a smoke test): recorded with '(budget N s)' in its description and never the best to beat."
+        None, "--budget", help="Training seconds for this run only (a smoke test): its row says '(budget N s)' and is judged only against runs of the same budget."
     ),
     kill: Optional[float] = typer.Option(None, "--kill", help="Hard limit in seconds for this run (default: the workspace's)."),
     description: Optional[str] = typer.Option(
         None, "--description", "-m", help="What the experiment tried (default: the commit message; 'baseline' for the first)."
     ),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", envvar="AUTORESEARCH_BACKEND", show_envvar=True,
+        help="mlx runs train_mlx.py; cpu, cuda or mps run train.py (default: the workspace's).",
+    ),
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
 
-    The row it adds to results.tsv:
-    keep: the first result on this branch (the baseline), or a new best;
-    discard: val_bpb equal to or worse than the best kept on this branch;
-    crash: no val_bpb, or killed at the hard limit.
+    The row it adds to results.tsv, judged against the rows of the same budget and backend
+    on this branch:
 
-    A --budget smoke test is recorded with "(budget N s)" in its description and never
-    becomes the best that later runs must beat. Only in .autoresearch/runs/runs.jsonl,
+    \b
+      keep     the first of them (the baseline), or a new best
+      discard  val_bpb equal to or worse than their best
+      crash    no val_bpb, or killed at the hard limit
+
+    A --budget smoke test shows "(budget N s)" in its description and is judged only
+    against runs of that budget. Only in .autoresearch/runs/runs.jsonl,
     not in results.tsv: interrupted runs and runs with uncommitted changes to the script.
     Each run's full output is kept in .autoresearch/runs/<n>-<commit>.log.
 
@@ -240,7 +284,8 @@ def run(
 
     try:
         with user_errors():
-            outcome = run_once(folder, budget=budget, kill=kill, description=description, on_progress=on_progress, on_start=on_start)
+            outcome = run_once(folder, budget=budget, kill=kill, description=description, backend=backend,
+                               on_progress=on_progress, on_start=on_start)
     finally:
         bar.stop()
     res = outcome.result
@@ -272,23 +317,25 @@ def results(
     """Show results.tsv: every experiment, its change against the best before it, and a summary."""
     import json
 
-    from .loop.config import RESULTS_NAME, RUNS_RELDIR
-    from .loop.parallel import workers_by_commit
-    from .loop.results import TABLE_COLUMNS, best_before, read_results, summarize, table_rows, usage_by_commit
+    from .loop.journal import TABLE_COLUMNS, table_rows, workspace_view
 
     with user_errors():
-        rows = read_results(folder / RESULTS_NAME)
-    summary = summarize(rows)
-    ran_on = workers_by_commit(folder / RUNS_RELDIR / "runs.jsonl")  # `ar loop --workers`: who ran what
-    spent = usage_by_commit(folder / RUNS_RELDIR / "runs.jsonl")  # LLM tokens and cost per proposal
+        view = workspace_view(folder)
+    entries, before = view.entries, view.best_before()
+    summary = view.summary()
+    ran_on = {e.number: e.worker for e in entries if e.worker}  # `ar loop --workers`: who ran what
+    spent = {e.number: e.usage for e in entries if e.usage and any(e.usage.values())}  # LLM tokens and cost
+    several = len(view.backends) > 1  # rows of different backends are never compared: say which is which
     total_cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
     total_tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in ("input_tokens", "output_tokens", "cache_read_tokens")}
     if as_json:
         out = [
-            {"n": i, **r.as_dict(), "best_before": b, "delta": (r.val_bpb - b) if b is not None and r.status != "crash" else None,
-             **({"worker": ran_on.get(r.commit[:7])} if ran_on else {}),
-             "usage": spent.get(r.commit[:7])}
-            for i, (r, b) in enumerate(zip(rows, best_before(rows)), start=1)
+            {"n": e.number, **e.row.as_dict(), "best_before": b,
+             "delta": (e.row.val_bpb - b) if b is not None and e.row.status != "crash" else None,
+             "budget": float(e.budget), "backend": e.backend or None,
+             **({"worker": ran_on.get(e.number)} if ran_on else {}),
+             "usage": spent.get(e.number)}
+            for e, b in zip(entries, before)
         ]
         llm = {**total_tokens, "cost_usd": round(total_cost, 6)}
         typer.echo(json.dumps({"rows": out, "summary": {**summary.as_dict(), "llm": llm}}, indent=1))
@@ -297,14 +344,16 @@ def results(
 
     # One Text with fixed-width columns instead of a rich Table: same look, and 10,000
     # rows render in a fraction of a second.
-    cells = table_rows(rows)
+    cells = table_rows(entries, before)
     columns = TABLE_COLUMNS
+    extra = [("backend", lambda e: e.backend)] if several else []
     if ran_on:  # a worker column before the description
-        columns = TABLE_COLUMNS[:-1] + ("worker",) + TABLE_COLUMNS[-1:]
-        cells = [c[:-1] + (ran_on.get(c[1][:7], ""),) + c[-1:] for c in cells]
+        extra.append(("worker", lambda e: e.worker))
     if spent:  # a cost column before the description
-        columns = columns[:-1] + ("cost",) + columns[-1:]
-        cells = [c[:-1] + (f"${spent[c[1][:7]]['cost_usd']:.4f}" if c[1][:7] in spent else "",) + c[-1:] for c in cells]
+        extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))
+    for name, cell in extra:
+        columns = columns[:-1] + (name,) + columns[-1:]
+        cells = [c[:-1] + (cell(e),) + c[-1:] for c, e in zip(cells, entries)]
     cells = cells[-last:] if last else cells
     widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
     right = {0, 2, 3, 4}
@@ -325,7 +374,8 @@ def results(
     console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
     line = f"{summary.experiments} experiments, {summary.kept} kept, {summary.discarded} discarded, {summary.crashed} crashed"
     if summary.baseline is not None:
-        line += f"; baseline {summary.baseline:.6f} -> best {summary.best:.6f}"
+        group = f" ({summary.key[1]}, {summary.key[0]} s)" if several and summary.key else ""
+        line += f"; baseline {summary.baseline:.6f} -> best {summary.best:.6f}{group}"
         line += f" ({-summary.improvement:+.6f}, {-summary.improvement_pct:+.2f}%)"
     console.print(line, highlight=False)
     if spent:
@@ -342,14 +392,13 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: progress.png in the workspace)."),
 ) -> None:
     """Draw val_bpb over the experiments: kept ones green and labelled, the running best, crashes."""
-    from .loop.config import RESULTS_NAME
-    from .loop.results import read_results
+    from .loop.journal import workspace_view
     from .plot import plot_progress
 
     with user_errors():
-        rows = read_results(folder / RESULTS_NAME)
-        path = plot_progress(rows, out or folder / "progress.png")
-    console.print(f"wrote {path} ({len(rows)} experiments)", highlight=False)
+        view = workspace_view(folder)
+        path = plot_progress(view, out or folder / "progress.png")
+    console.print(f"wrote {path} ({len(view.entries)} experiments)", highlight=False)
 
 
 def _hardware_line(backend: str) -> str:
@@ -381,6 +430,11 @@ def loop(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
     ),
     kill: Optional[float] = typer.Option(None, "--kill", help="Hard limit of one run in seconds (default: the workspace's)."),
+    backend: Optional[str] = typer.Option(
+        None, "--backend", "-b", envvar="AUTORESEARCH_BACKEND", show_envvar=True,
+        help="mlx runs and edits train_mlx.py; cpu, cuda or mps train.py (default: the workspace's). "
+        "Each backend has its own baseline and best.",
+    ),
     workers: int = typer.Option(
         1, "--workers", "-w", min=1, help="Experiments in flight at once, each in its own git worktree with its own device: "
         "one GPU each on NVIDIA, an even share of the CPU threads on CPUs."
@@ -402,7 +456,8 @@ def loop(
 
     With --workers N up to N experiments run at once, each in its own git worktree; a win
     measured against an older best is re-applied on the new best and run again before it
-    is kept. --executor ray runs them as Ray tasks on a cluster (see docs/scaling.md).
+    is kept. --executor ray runs them as Ray tasks on a cluster (see docs/scaling.md in the
+    autoresearch repository).
 
     Exit code: 0 when a limit stopped it, 130 when interrupted.
     """
@@ -421,6 +476,7 @@ def loop(
         run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
         run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
         check_limits(run_budget, run_kill)
+        full_budget, cfg = cfg.budget, cfg.for_backend(backend)
         if executor == "local":  # with Ray the nodes run everything; their data is checked on each
             cfg.run_context().check_prepared()
         ws = Workspace.open(folder)
@@ -431,7 +487,8 @@ def loop(
         settings = LoopSettings(
             editable=cfg.editable,
             budget=run_budget,
-            full_budget=cfg.budget,
+            full_budget=full_budget,
+            backend=cfg.backend,
             keep_rule=keep_rule,
             max_experiments=max_experiments,
             max_hours=max_hours,
@@ -466,7 +523,8 @@ def loop(
         else "strict (any lower val_bpb is kept)"
     )
     console.print(f"  keep rule: {rule}", highlight=False, soft_wrap=True)
-    smoke = f" (smoke test: judged only against runs of {run_budget:g} s)" if run_budget != cfg.budget else ""
+    smoke = f" (smoke test: judged only against runs of {run_budget:g} s)" if run_budget != full_budget else ""
+    console.print(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}", highlight=False)
     console.print(f"  budget:    {run_budget:g} s per run, killed after {run_kill:g} s{smoke}", highlight=False, soft_wrap=True)
     limits = [f"{max_experiments} experiments" if max_experiments is not None else "",
               f"{max_hours:g} hours" if max_hours is not None else "",

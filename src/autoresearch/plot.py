@@ -8,10 +8,9 @@ axis. matplotlib is imported lazily, with the Agg backend (no display needed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from .errors import ArError
-from .loop.results import ResultRow, best_before, summarize
 
 MAX_LABELS = 40  # beyond this, only the biggest improvements are labelled
 LABEL_CHARS = 40
@@ -22,8 +21,19 @@ def _shorten(text: str, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
-def plot_progress(rows: Sequence[ResultRow], out: Path, title: Optional[str] = None) -> Path:
-    """Write the chart of `rows` to `out` (PNG) and return the path."""
+def _running_best(view) -> list[Optional[float]]:
+    """The best of the summary's group (budget, backend) after each row."""
+    key, out, best = view.summary().key, [], None
+    for e in view.entries:
+        if e.key == key and e.counts and (view.ancestry is None or e.row.commit[:7] in view.ancestry):
+            best = e.row.val_bpb if best is None else min(best, e.row.val_bpb)
+        out.append(best)
+    return out
+
+
+def plot_progress(view, out: Path, title: Optional[str] = None) -> Path:
+    """Write the chart of a journal.View to `out` (PNG) and return the path."""
+    rows = [e.row for e in view.entries]
     if not rows:
         raise ArError("results.tsv has no experiments yet; run `ar run` first")
     import matplotlib
@@ -68,7 +78,7 @@ def plot_progress(rows: Sequence[ResultRow], out: Path, title: Optional[str] = N
             s=48, color="#2ca02c", edgecolor="#1a661a", zorder=4, label=f"kept ({len(kept)})",
         )
         # The running best as a step line through to the last experiment.
-        after = best_before(list(rows))[1:] + [summarize(list(rows)).best]  # best after each row
+        after = _running_best(view)
         steps = [(x, b) for x, b in zip(xs + [xs[-1] + 0.5], after + after[-1:]) if b is not None]
         ax.step(
             [x for x, _ in steps], [b for _, b in steps],
@@ -81,7 +91,7 @@ def plot_progress(rows: Sequence[ResultRow], out: Path, title: Optional[str] = N
             marker="x", s=40, color="#d62728", zorder=5, clip_on=False, label=f"crashed ({len(crashes)})",
         )
 
-    s = summarize(list(rows))
+    s = view.summary()
     head = title or "autoresearch progress"
     if s.baseline is not None and s.best is not None:
         head += f": {s.baseline:.6f} \u2192 {s.best:.6f} val_bpb ({-(s.improvement_pct or 0):+.2f}%)"

@@ -44,6 +44,7 @@ class RunContext:
     source: str
     time_budget: float
     cache: Path
+    source_path: str = ""  # a local source's folder (`ar init --source local --path`), for the prepare command
 
     # The upstream names, for training scripts.
     @property
@@ -71,6 +72,12 @@ class RunContext:
         return tokenizer_dir(self.source, self.profile.vocab_size, self.cache)
 
     def prepare_command(self) -> str:
+        """The command that prepares this data, ready to paste."""
+        if self.source.startswith("local"):
+            import shlex
+
+            folder = shlex.quote(self.source_path) if self.source_path else "FOLDER"
+            return f"ar prepare --source local --path {folder} --profile {self.profile.name}"
         return f"ar prepare --source {self.source} --profile {self.profile.name}"
 
     def check_prepared(self) -> None:
@@ -93,7 +100,8 @@ def load_context(folder: Path | None = None) -> RunContext:
         raise ArError(f"time budget must be a number of seconds, got {budget_raw!r}") from None
     if budget <= 0:
         raise ArError(f"time budget must be positive, got {budget}")
-    return RunContext(profile=profile, source=source, time_budget=budget, cache=cache_root())
+    path = str(cfg.get("source_path") or "") if source == cfg.get("source") else ""
+    return RunContext(profile=profile, source=source, time_budget=budget, cache=cache_root(), source_path=path)
 
 
 integrity.protect_module(sys.modules[__name__])

@@ -200,7 +200,8 @@ class ProcessTracker:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started (a Ctrl-C can land inside start())
+            self._thread.join()
         self.reap()
         with _active_lock:
             _active.discard(self.root)

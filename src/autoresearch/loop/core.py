@@ -21,10 +21,11 @@ written; its commit is reset when HEAD is still at it (or the editable file is d
 Then the loop goes on from results.tsv and git: the best val_bpb of the branch, the
 history, the experiment count.
 
-Budgets: a run budget other than the workspace's (`ar loop --budget`, a smoke test) puts
-"(budget N s)" at the end of each row's description, as `ar run --budget` does. Rows of
-one budget are judged only against rows of the same budget on the branch: a smoke loop
-has its own baseline, best and noise floor, and leaves HEAD at its own best commit.
+Budgets and backends: every row's budget and backend are fields of its runs.jsonl record
+(journal.py); a run budget other than the workspace's (`ar loop --budget`, a smoke test)
+also shows as "(budget N s)" in the description, rendered, never parsed back. Rows are
+judged only against rows of the same budget and backend on the branch (journal.best_entry):
+a smoke loop, or a loop on another backend, has its own baseline, best and noise floor.
 
 Stopping: Ctrl-C, SIGTERM or SIGHUP abandon the current experiment (the runner stops its
 process group; the commit is reset; runs.jsonl gets an "abandoned" record and
@@ -50,11 +51,13 @@ from ..errors import ArError
 from .config import PROGRAM_NAME, RESULTS_NAME, RUNS_RELDIR
 from .keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Decision, check_rule, decide, noise_floor
 from .proposal import HistoryItem, NoProposal, Proposal, ProposalContext, Proposer, Usage
-from .results import SMOKE_MARK, ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
+from .journal import Entry, best_entry, budget_key, join, render_description
+from .results import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
 from .guards import WorkspaceGuard, check_editable, check_proposal, compile_harness, harness_state, write_editable
 from .runner import DEFAULT_GRACE, RunResult, allocate_log, reject, rejected_run, rejection_note, run_script
 
-INTERRUPTED_NOTE = "(interrupted: the previous ar process died)"
+DIED = "interrupted: the previous ar process died"  # the note of a row written for a dead process
+INTERRUPTED_NOTE = f"({DIED})"
 RUNS_LOG = "runs.jsonl"
 _TERMINAL = ("finished", "abandoned", "recovered")
 
@@ -119,6 +122,7 @@ class LoopSettings:
     editable: str  # the one file proposals may change
     budget: float  # training seconds of each run
     full_budget: float  # the workspace's budget; another budget marks rows "(budget N s)"
+    backend: str = ""  # the backend the runs use: rows of another backend are never compared
     keep_rule: str = DEFAULT_KEEP_RULE
     max_experiments: Optional[int] = None  # experiments this call runs (the baseline not counted)
     max_hours: Optional[float] = None  # no experiment starts after this much time
@@ -201,36 +205,6 @@ class _Signals:
                 signum, self.pending = self.pending, None
                 if not failed:  # already on the way out: that is the stop
                     self._raise(signum)
-
-
-# -- budgets and the best --------------------------------------------------------------
-
-
-def budget_suffix(budget: float, full_budget: float) -> str:
-    """" (budget N s)" for a run budget other than the workspace's, else ""."""
-    return "" if f"{budget:g}" == f"{full_budget:g}" else f" {SMOKE_MARK}{budget:g} s)"
-
-
-def row_budget(row: ResultRow, full_budget: float) -> str:
-    """The budget a row was run with, as "%g" text."""
-    if row.smoke:
-        return row.description[row.description.rindex(SMOKE_MARK) + len(SMOKE_MARK) : -len(" s)")].strip()
-    return f"{full_budget:g}"
-
-
-def comparable(rows: Iterable[ResultRow], budget: float, full_budget: float) -> list[ResultRow]:
-    """The rows run with `budget`: the only ones an experiment with that budget is judged against."""
-    key = f"{budget:g}"
-    return [r for r in rows if row_budget(r, full_budget) == key]
-
-
-def best_row(rows: Iterable[ResultRow], ancestry: set[str]) -> Optional[ResultRow]:
-    """The kept row with the lowest val_bpb whose commit is on the branch (the first on ties)."""
-    best = None
-    for r in rows:
-        if r.status == "keep" and r.val_bpb > 0 and r.commit[:7] in ancestry and (best is None or r.val_bpb < best.val_bpb):
-            best = r
-    return best
 
 
 # -- the real runner -------------------------------------------------------------------
@@ -331,7 +305,7 @@ class Loop:
         self.folder = Path(workspace.path)
         self.results_path = self.folder / RESULTS_NAME
         self.runs_path = self.folder / RUNS_RELDIR / RUNS_LOG
-        self.suffix = budget_suffix(settings.budget, settings.full_budget)
+        self.key = (budget_key(settings.budget), settings.backend)  # the rows this loop is judged against
         self.proposer_name = getattr(proposer, "name", type(proposer).__name__)
         self.report = LoopReport()
         self.floor: Optional[float] = None
@@ -355,8 +329,23 @@ class Loop:
         create_results(self.results_path)
         return read_results(self.results_path)
 
+    def _entries(self, rows: list[ResultRow]) -> list[Entry]:
+        return join(rows, read_run_records(self.runs_path), budget=self.s.full_budget, backend=self.s.backend)
+
+    def _mine(self, rows: list[ResultRow]) -> list[Entry]:
+        """The rows of this loop's budget and backend."""
+        return [e for e in self._entries(rows) if e.key == self.key]
+
     def _best(self, rows: list[ResultRow]) -> Optional[ResultRow]:
-        return best_row(comparable(rows, self.s.budget, self.s.full_budget), self.ws.ancestry())
+        best = best_entry(self._entries(rows), self.key, self.ws.ancestry())
+        return best.row if best else None
+
+    def _describe(self, message: str, *notes: str) -> str:
+        return render_description(message, notes, budget=self.s.budget, full_budget=self.s.full_budget)
+
+    def _row_fields(self, rows_before: int) -> dict:
+        """What every row's record carries besides the row (journal.join reads it)."""
+        return dict(row=rows_before + 1, budget=self.s.budget, backend=self.s.backend)
 
     def _editable_path(self) -> Path:
         return self.folder / self.s.editable
@@ -394,7 +383,7 @@ class Loop:
         head = self.ws.head_commit()
         dirty = self.ws.is_dirty([self.s.editable])
         commit = started.get("commit") if started else None
-        row_status = None
+        row_status = row_number = None
         wrote_row = reset = False
         if started:
             rows = self._rows()
@@ -403,11 +392,8 @@ class Loop:
                 row_status = written[0].status
             else:
                 row_status, wrote_row = "crash", True
-                raw = started.get("message") or started.get("description", "")
-                append_result(
-                    self.results_path,
-                    ResultRow(str(commit), 0.0, 0.0, "crash", f"{raw} {INTERRUPTED_NOTE}{started.get('suffix', '')}"),
-                )
+                row_number = len(rows) + 1
+                append_result(self.results_path, ResultRow(str(commit), 0.0, 0.0, "crash", self._died_description(started)))
             if row_status != "keep" and head == commit and parent and parent != commit:
                 self.ws.reset_hard(parent)
                 reset = True
@@ -426,8 +412,18 @@ class Loop:
             + ("recorded as a crash" if wrote_row else f"its row ({row_status}) was already written" if started else "it never ran")
             + ("; reset" if reset else "")
         )
-        self._record("recovered", id=xid, commit=commit, parent=parent, row=row_status, reset=reset, note=note)
+        self._record("recovered", id=xid, commit=commit, parent=parent, status=row_status, reset=reset, note=note,
+                     **(self._died_fields(started, row_number) if wrote_row else {}))
         self._emit("recovered", commit=commit or "", note=note, description=base.get("description", ""))
+
+    def _died_description(self, started: dict) -> str:
+        budget = started.get("budget", self.s.full_budget)
+        return render_description(started.get("message") or "", [DIED], budget=budget, full_budget=self.s.full_budget)
+
+    def _died_fields(self, started: dict, row_number: int) -> dict:
+        """A crash row written on recovery is named by its "recovered" record (journal.join)."""
+        return dict(row=row_number, budget=started.get("budget", self.s.full_budget),
+                    backend=started.get("backend", self.s.backend), worker=started.get("worker"))
 
     def _last_crash_tail(self, rows: list[ResultRow]) -> Optional[str]:
         if not rows or rows[-1].status != "crash":
@@ -459,6 +455,12 @@ class Loop:
 
     def _run(self) -> None:
         self._start()
+        while (state := self._prepare()) is not None:
+            self._one_experiment(*state)
+
+    def _prepare(self) -> Optional[tuple[list, Optional[float]]]:
+        """Run what must come before the next experiment (the baseline, the noise floor) and
+        return (rows, best) for it; None when a limit stopped the loop."""
         while True:
             rows = self._rows()
             best = self._best(rows)
@@ -468,11 +470,11 @@ class Loop:
             reason = self._limit_reached()
             if reason:
                 self.report.stop_reason = reason
-                return
+                return None
             if best is not None and self.s.keep_rule == "noise" and self.floor is None:
                 self._measure_noise(rows, best)
                 continue
-            self._one_experiment(rows, best)
+            return rows, best
 
     def _start(self, **details) -> None:
         """Recover, check the tree, load the state, record "loop_started" (with `details`)."""
@@ -498,10 +500,7 @@ class Loop:
     def _needs_baseline(self, rows: list[ResultRow]) -> bool:
         """No result of this budget on the branch, and HEAD has not crashed as it is."""
         head = self.ws.head_commit()
-        return not any(
-            r.commit == head and r.status == "crash" and INTERRUPTED_NOTE not in r.description
-            for r in comparable(rows, self.s.budget, self.s.full_budget)
-        )
+        return not any(e.row.commit == head and e.row.status == "crash" and not e.recovered for e in self._mine(rows))
 
     def _limit_reached(self) -> Optional[str]:
         s = self.s
@@ -527,8 +526,8 @@ class Loop:
     def _measure_noise(self, rows: list[ResultRow], best: ResultRow) -> None:
         """Run HEAD `noise_runs` more times under other seeds; the spread is the noise floor."""
         head = self.ws.head_commit()
-        values: list[Optional[float]] = [r.val_bpb for r in comparable(rows, self.s.budget, self.s.full_budget)
-                                         if r.commit == head and r.status == "keep"][-1:]
+        values: list[Optional[float]] = [e.row.val_bpb for e in self._mine(rows)
+                                         if e.row.commit == head and e.row.status == "keep"][-1:]
         xid = uuid.uuid4().hex[:12]
         for seed in range(1, self.s.noise_runs + 1):
             result = self._run_once(xid, len(rows), head, "noise", seed, f"noise floor: run {seed} of {self.s.noise_runs}")
@@ -566,7 +565,7 @@ class Loop:
             self._record(
                 "run", id=xid, experiment=number, commit=commit, kind=kind, seed=seed, status=result.status,
                 val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3),
-                reason=result.reason, returncode=result.returncode, budget=self.s.budget, log=str(log),
+                reason=result.reason, returncode=result.returncode, budget=self.s.budget, backend=self.s.backend, log=str(log),
                 summary=result.summary, rejection=result.rejection or None,
             )
             self._emit("run_finished", number=number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
@@ -581,13 +580,12 @@ class Loop:
         if head is None:
             raise ArError(f"{self.folder} has no commit yet; run `ar init <tag>` first")
         xid = uuid.uuid4().hex[:12]
-        desc = "baseline" + self.suffix
         self._record("started", id=xid, kind="baseline", commit=head, parent=head, message="baseline",
-                     description=desc, suffix=self.suffix, experiment=len(rows) + 1, rows_before=len(rows),
-                     budget=self.s.budget, keep_rule=self.s.keep_rule, proposer=None)
+                     description=self._describe("baseline"), experiment=len(rows) + 1, rows_before=len(rows),
+                     budget=self.s.budget, backend=self.s.backend, keep_rule=self.s.keep_rule, proposer=None)
         self.report.baseline_run = True
         try:
-            self._judge(xid, len(rows) + 1, head, head, "baseline", desc, None, Usage())
+            self._judge(xid, len(rows) + 1, head, head, "baseline", "baseline", None, Usage())
         except BaseException as e:
             if self._finished_id != xid:
                 self._abandon(xid, head, head, e)
@@ -663,9 +661,8 @@ class Loop:
         parent = self.ws.head_commit()
         xid = uuid.uuid4().hex[:12]
         message = _one_line(proposal.description)
-        desc = message + self.suffix
         usage = proposal.usage
-        common = dict(id=xid, experiment=number, parent=parent, message=message, description=desc, suffix=self.suffix,
+        common = dict(id=xid, experiment=number, parent=parent, message=message, description=self._describe(message),
                       proposer=self.proposer_name, usage=usage.as_dict(), rows_before=len(rows))
         commit = None
         refused = check_proposal(self.s.editable, self._read_editable(), proposal.new_text)
@@ -680,11 +677,11 @@ class Loop:
                     self._finished_id = xid
                 else:
                     self._record("started", kind="experiment", commit=commit, budget=self.s.budget,
-                                 keep_rule=self.s.keep_rule, **common)
+                                 backend=self.s.backend, keep_rule=self.s.keep_rule, **common)
             if commit is None:
                 self._no_proposal(NoProposal(f"the proposal leaves {self.s.editable} unchanged; change something"))
                 return
-            self._judge(xid, number, commit, parent, "experiment", desc, best, usage, refused=refused)
+            self._judge(xid, number, commit, parent, "experiment", message, best, usage, refused=refused)
         except BaseException as e:
             if self._finished_id != xid:
                 self._abandon(xid, commit, parent, e)
@@ -700,11 +697,12 @@ class Loop:
         self._emit("abandoned", commit=commit or "", note=why)
 
     def _judge(
-        self, xid: str, number: int, commit: str, parent: str, kind: str, desc: str,
+        self, xid: str, number: int, commit: str, parent: str, kind: str, message: str,
         best: Optional[ResultRow], usage: Usage, refused: Optional[str] = None,
     ) -> None:
         """Run, decide (with a confirmation run if the rule asks), write the row, keep or reset."""
         best_val = best.val_bpb if best else None
+        desc = self._describe(message)
         results = [self._run_once(xid, number, commit, kind, None, desc, refused)]
         values = [results[0].val_bpb if results[0].status == "ok" else None]
         decision: Decision = decide(self.s.keep_rule, best_val, values, self.floor)
@@ -718,10 +716,10 @@ class Loop:
         memory = max(r.memory_gb for r in results) if ok else 0.0
         value = decision.value if ok else 0.0
         rejected = next((r for r in results if r.status == "rejected"), None)
-        if rejected is not None:  # the row says why: "... (rejected: non-causal)", before any budget suffix
-            head = desc[: len(desc) - len(self.suffix)] if self.suffix and desc.endswith(self.suffix) else desc
-            desc = head + rejection_note(rejected.rejection) + self.suffix
+        if rejected is not None:  # the row says why: "... (rejected: non-causal)"
+            desc = self._describe(message, rejection_note(rejected.rejection))
         with self.signals.critical():
+            rows_before = len(self._rows())
             append_result(self.results_path, ResultRow(commit, value, memory, status, desc))
             if status != "keep" and parent != commit:
                 self.ws.reset_hard(parent)
@@ -730,7 +728,7 @@ class Loop:
                 val_bpb=value if ok else None, memory_gb=memory, description=desc, decision=decision.reason,
                 values=values, best_before=best_val, best_after=(value if status == "keep" else best_val),
                 noise_floor=self.floor, keep_rule=self.s.keep_rule, proposer=None if kind == "baseline" else self.proposer_name,
-                usage=usage.as_dict(), head=self.ws.head_commit(),
+                usage=usage.as_dict(), head=self.ws.head_commit(), **self._row_fields(rows_before),
             )
             self._finished_id = xid
         if kind != "baseline":  # the report counts experiments; the baseline is reported apart

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -379,10 +378,9 @@ def _walk(root: Path, skip: Iterable[str] = ()) -> Iterable[Path]:
 
 
 def _git_lines(folder: Path, *args: str) -> list[str]:
-    out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise ArError(f"git {args[0]} failed in {folder}: {out.stderr.strip() or out.returncode}")
-    return [line for line in out.stdout.split("\0") if line]
+    from .workspace import run_git  # git started with the stop signals held (workspace.py)
+
+    return [line for line in run_git(folder, *args, strip=False).split("\0") if line]
 
 
 def harness_dir() -> Path:

@@ -52,12 +52,12 @@ from typing import Callable, Optional, Protocol, Sequence
 
 from ..errors import ArError
 from .config import RUNS_RELDIR
-from .core import INTERRUPTED_NOTE, EventFn, Loop, LoopEvent, LoopReport, LoopSettings, ScriptRunner, StopRequested, _Abandon, _one_line
+from .core import EventFn, Loop, LoopEvent, LoopReport, LoopSettings, ScriptRunner, StopRequested, _Abandon, _one_line
 from .guards import check_proposal
 from .keep import Decision, decide
 from .proposal import NoProposal, Proposal, Proposer, Usage
 from .proposers.offline import OfflineProposer
-from .results import ResultRow, append_result, read_run_records
+from .results import ResultRow, append_result
 from .runner import ProgressCallback, RunResult, allocate_log, rejection_note
 from .workspace import Workspace
 from .worktrees import Worktree, WorktreePool
@@ -336,7 +336,7 @@ class ParallelLoop(Loop):
             return super()._recover_one(xid, recs)
         # Its commit lived in a worktree: the branch is untouched unless its row says keep.
         commit = started.get("commit") if started else None
-        row, wrote, moved = None, False, False
+        row, wrote, moved, extra = None, False, False, {}
         if started:
             written = [r for r in self._rows()[int(started.get("rows_before", 0)) :] if r.commit == str(commit)[:7]]
             if written:
@@ -346,41 +346,24 @@ class ParallelLoop(Loop):
                     moved = True
             else:
                 row, wrote = "crash", True
-                append_result(self.results_path, ResultRow(
-                    str(commit), 0.0, 0.0, "crash", f"{started.get('message', '')} {INTERRUPTED_NOTE}{started.get('suffix', '')}"
-                ))
+                extra = self._died_fields(started, len(self._rows()) + 1)
+                append_result(self.results_path, ResultRow(str(commit), 0.0, 0.0, "crash", self._died_description(started)))
         note = (
             f"the previous ar process died during experiment {commit or '(not yet committed)'} on {base.get('worker', '?')}: "
             + ("recorded as a crash" if wrote else f"its row ({row}) was already written" if started else "it never ran")
             + ("; the branch moved to it" if moved else "")
         )
-        self._record("recovered", id=xid, commit=commit, parent=base.get("parent"), row=row, reset=False, moved=moved, note=note)
+        self._record("recovered", id=xid, commit=commit, parent=base.get("parent"), status=row, reset=False, moved=moved, note=note,
+                     **extra)
         self._emit("recovered", commit=commit or "", note=note, description=base.get("description", ""))
 
     # -- the phases
 
     def _run(self) -> None:
         self._start(workers=len(self.trees), executor=self.executor.describe())
-        if self._prepare():
+        if self._prepare() is not None:  # the baseline and noise floor, one at a time on worker 1
             self._local.worker = ""
             self._parallel()
-
-    def _prepare(self) -> bool:
-        """The baseline and the noise floor, one run at a time on worker 1; False at a limit."""
-        while True:
-            rows = self._rows()
-            best = self._best(rows)
-            if best is None and self._needs_baseline(rows):
-                self._baseline(rows)
-                continue
-            reason = self._limit_reached()
-            if reason:
-                self.report.stop_reason = reason
-                return False
-            if best is not None and self.s.keep_rule == "noise" and self.floor is None:
-                self._measure_noise(rows, best)
-                continue
-            return True
 
     def _parallel(self) -> None:
         threads = [threading.Thread(target=self._work, args=(i,), name=f"ar-w{i + 1}", daemon=True) for i in range(len(self.trees))]
@@ -486,8 +469,8 @@ class ParallelLoop(Loop):
         refused: Optional[str],
     ) -> None:
         xid = uuid.uuid4().hex[:12]
-        desc = message + self.suffix
-        common = dict(id=xid, experiment=number, message=message, description=desc, suffix=self.suffix,
+        desc = self._describe(message)
+        common = dict(id=xid, experiment=number, message=message, description=desc,
                       proposer=self.proposer_name, usage=proposal.usage.as_dict(), rows_before=rows_before, worktree=True)
         x = _Experiment(xid, slot, number, message, desc, proposal.usage, common)
         commit = None
@@ -500,7 +483,7 @@ class ParallelLoop(Loop):
                 self._no_proposal(NoProposal(f"the proposal leaves {self.s.editable} unchanged; change something"))
                 return
             self._record("started", kind="experiment", commit=commit, parent=parent, budget=self.s.budget,
-                         keep_rule=self.s.keep_rule, **common)
+                         backend=self.s.backend, keep_rule=self.s.keep_rule, **common)
             self._judge_on(x, commit, parent, base_best, "experiment", attempt=0, refused=refused)
         except BaseException as e:
             if xid not in self._done:
@@ -548,7 +531,7 @@ class ParallelLoop(Loop):
                          base_best, note=why)
             return
         self._record("started", kind="confirm", commit=new, parent=onto, reapplied_from=commit, budget=self.s.budget,
-                     keep_rule=self.s.keep_rule, **x.common)
+                     backend=self.s.backend, keep_rule=self.s.keep_rule, **x.common)
         tree = self.trees[x.slot]
         refused = _check(self.s.editable, tree.show(onto, self.s.editable), tree.show(new, self.s.editable))
         self._judge_on(x, new, onto, best.val_bpb if best else None, "confirm", attempt + 1, refused)
@@ -563,10 +546,10 @@ class ParallelLoop(Loop):
         memory = max(r.memory_gb for r in results) if ok else 0.0
         value = decision.value if ok else 0.0
         rejected = next((r for r in results if r.status == "rejected"), None)
-        # notes go before the budget suffix: "... (conflicts with the new best) (budget 20 s)"
-        desc = x.message + (f" ({note})" if note else "") + (rejection_note(rejected.rejection) if rejected else "") + self.suffix
+        desc = self._describe(x.message, note, rejection_note(rejected.rejection) if rejected else "")
         with self.lock:
-            number = len(self._rows()) + 1
+            rows_before = len(self._rows())
+            number = rows_before + 1
             append_result(self.results_path, ResultRow(commit, value, memory, status, desc))
             if status == "keep":
                 self.ws.reset_hard(commit)  # a fast-forward: its parent is the branch's HEAD
@@ -575,6 +558,7 @@ class ParallelLoop(Loop):
                 val_bpb=value if ok else None, memory_gb=memory, description=desc, decision=decision.reason, values=values,
                 best_before=base_best, best_after=(value if status == "keep" else base_best), noise_floor=self.floor,
                 keep_rule=self.s.keep_rule, proposer=self.proposer_name, usage=x.usage.as_dict(), head=self.ws.head_commit(),
+                **self._row_fields(rows_before),
             )
             self._done.add(x.xid)
             self.report.experiments += 1
@@ -614,12 +598,3 @@ def run_parallel(
             return loop.run()
     finally:
         executor.close()
-
-
-def workers_by_commit(runs_path: Path) -> dict[str, str]:
-    """Commit (7 characters) -> the worker that ran it, from runs.jsonl's "finished" records."""
-    out = {}
-    for r in read_run_records(runs_path):
-        if r.get("event") == "finished" and r.get("worker") and r.get("commit"):
-            out[str(r["commit"])[:7]] = str(r["worker"])
-    return out

@@ -1,4 +1,6 @@
-"""results.tsv (the upstream log users know) and runs.jsonl (the detail behind it).
+"""results.tsv (the upstream log users know) and runs.jsonl (the detail behind it): files.
+
+Queries over both (the best, the summary) are in journal.py.
 
 results.tsv: a header and one tab-separated row per experiment:
 
@@ -24,13 +26,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+
 
 from ..errors import ArError
 
 HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("keep", "discard", "crash")
-SMOKE_MARK = "(budget "  # description suffix of a budget-override run: "... (budget 20 s)"
 _COMMIT = re.compile(r"^[0-9a-f]{4,40}$")
 
 
@@ -45,16 +46,6 @@ class ResultRow:
     def to_line(self) -> str:
         desc = " ".join(self.description.replace("\t", " ").splitlines()).strip()
         return f"{self.commit[:7]}\t{self.val_bpb:.6f}\t{self.memory_gb:.1f}\t{self.status}\t{desc}\n"
-
-    @property
-    def smoke(self) -> bool:
-        """A run with a budget override (`ar run --budget`): shown, never the best to beat."""
-        return self.description.endswith(" s)") and SMOKE_MARK in self.description
-
-    @property
-    def counts(self) -> bool:
-        """A kept full-budget result: one that sets the baseline and the best."""
-        return self.status == "keep" and self.val_bpb > 0 and not self.smoke
 
     def as_dict(self) -> dict:
         return {
@@ -215,101 +206,4 @@ def read_run_records(path: Path) -> list[dict]:
             continue
         if isinstance(obj, dict):
             out.append(obj)
-    return out
-
-
-# -- analysis ---------------------------------------------------------------------
-
-
-def best_before(rows: list[ResultRow]) -> list[Optional[float]]:
-    """For each row, the lowest val_bpb among the kept full-budget rows before it (None at first)."""
-    out: list[Optional[float]] = []
-    best: Optional[float] = None
-    for row in rows:
-        out.append(best)
-        if row.counts and (best is None or row.val_bpb < best):
-            best = row.val_bpb
-    return out
-
-
-TABLE_COLUMNS = ("#", "commit", "val_bpb", "vs best", "memory", "status", "description")
-
-
-def table_rows(rows: list[ResultRow]) -> list[tuple[str, ...]]:
-    """The cells of `ar results` as text, one tuple per row in TABLE_COLUMNS order.
-
-    "vs best" is the change against the best kept val_bpb before the row (empty for the
-    first and for crashes), so a negative number is an improvement.
-    """
-    out = []
-    for i, (r, b) in enumerate(zip(rows, best_before(rows)), start=1):
-        crashed = r.status == "crash"
-        out.append(
-            (
-                str(i),
-                r.commit,
-                "-" if crashed else f"{r.val_bpb:.6f}",
-                f"{r.val_bpb - b:+.6f}" if b is not None and not crashed else "",
-                "-" if crashed else f"{r.memory_gb:.1f} GB",
-                r.status,
-                r.description,
-            )
-        )
-    return out
-
-
-@dataclass(frozen=True)
-class ResultsSummary:
-    experiments: int
-    kept: int
-    discarded: int
-    crashed: int
-    baseline: Optional[float]  # the first kept val_bpb
-    best: Optional[float]  # the lowest kept val_bpb
-
-    @property
-    def improvement(self) -> Optional[float]:
-        if self.baseline is None or self.best is None:
-            return None
-        return self.baseline - self.best
-
-    @property
-    def improvement_pct(self) -> Optional[float]:
-        if self.improvement is None or not self.baseline:
-            return None
-        return 100.0 * self.improvement / self.baseline
-
-    def as_dict(self) -> dict:
-        return {
-            "experiments": self.experiments,
-            "kept": self.kept,
-            "discarded": self.discarded,
-            "crashed": self.crashed,
-            "baseline": self.baseline,
-            "best": self.best,
-            "improvement": self.improvement,
-            "improvement_pct": self.improvement_pct,
-        }
-
-
-def summarize(rows: list[ResultRow]) -> ResultsSummary:
-    kept = [r.val_bpb for r in rows if r.counts]
-    return ResultsSummary(
-        experiments=len(rows),
-        kept=sum(r.status == "keep" for r in rows),
-        discarded=sum(r.status == "discard" for r in rows),
-        crashed=sum(r.status == "crash" for r in rows),
-        baseline=kept[0] if kept else None,
-        best=min(kept) if kept else None,
-    )
-
-
-def usage_by_commit(runs_path: Path) -> dict[str, dict]:
-    """Commit (7 characters) -> the LLM usage of its proposal (tokens, cost_usd), from
-    runs.jsonl's "finished" records; proposals that cost nothing are left out."""
-    out: dict[str, dict] = {}
-    for r in read_run_records(runs_path):
-        usage = r.get("usage") if r.get("event") == "finished" else None
-        if isinstance(usage, dict) and r.get("commit") and any(usage.get(k) for k in usage):
-            out[str(r["commit"])[:7]] = usage
     return out

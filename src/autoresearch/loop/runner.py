@@ -68,8 +68,8 @@ class RunResult:
 
 
 def rejection_note(category: str) -> str:
-    """What a rejected run's results.tsv description gets: " (rejected: <category>)"."""
-    return f" (rejected: {category})"
+    """A rejected run's note; its results.tsv description shows it as "(rejected: <category>)"."""
+    return f"rejected: {category}"
 
 
 def _append_log(path: Path, line: str) -> None:
@@ -276,9 +276,10 @@ def run_script(
                 channel.close()
             raise ArError(f"cannot start {python} {script}: {e}") from None
         reader = _OutputReader(proc.stdout, log, on_progress, max_log_bytes, lambda: _signal_group(proc, signal.SIGKILL))
-        tracker = ProcessTracker(proc.pid, run_id).start()
+        tracker = ProcessTracker(proc.pid, run_id)
         ended: Optional[float] = None
-        try:
+        try:  # from here a Ctrl-C (to the whole terminal group) is an interrupted run, never lost
+            tracker.start()
             reader.start()
             with _stop_signals():
                 status = _wait(proc, kill_after, stop)
@@ -446,27 +447,13 @@ def allocate_log(runs_dir: Path, commit: str) -> tuple[int, Path]:
             n += 1
 
 
-def decide_status(result: RunResult, best: Optional[float]) -> str:
-    """keep if it is the first result on the branch or beats the best; crash if it failed."""
-    if result.status != "ok" or result.val_bpb is None:
-        return "crash"
-    if best is None or result.val_bpb < best:
-        return "keep"
-    return "discard"
-
-
-def branch_best(rows, ancestry: set[str]) -> Optional[float]:
-    """The lowest kept val_bpb among rows whose commit is on the current branch."""
-    vals = [r.val_bpb for r in rows if r.counts and r.commit[:7] in ancestry]
-    return min(vals, default=None)
-
-
 def run_once(
     folder: Path,
     *,
     budget: Optional[float] = None,
     kill: Optional[float] = None,
     description: Optional[str] = None,
+    backend: Optional[str] = None,
     on_progress: Optional[ProgressCallback] = None,
     on_start: Optional[Callable[[int, Path], None]] = None,
     grace: float = DEFAULT_GRACE,
@@ -474,15 +461,16 @@ def run_once(
     """Run the workspace's editable script once and record it.
 
     Recorded in results.tsv as: crash if it crashed or hit the hard kill; keep if it is
-    the first result on this branch (the baseline) or beats the best kept val_bpb of the
-    branch; discard otherwise. Not recorded there (only in runs.jsonl) when interrupted,
-    when the editable file has uncommitted changes (the row would name the wrong
-    commit). A run whose `budget` differs from the workspace's is recorded with
-    "(budget N s)" in its description and never becomes the best to beat, since its number
-    is not comparable.
+    the first result of its budget and backend on this branch (the baseline) or beats the
+    best of them (journal.best_entry, as the loop judges); discard otherwise. Not recorded
+    there (only in runs.jsonl) when interrupted, when the editable file has uncommitted
+    changes (the row would name the wrong commit). A run whose `budget` differs from the
+    workspace's shows "(budget N s)" in its description.
     """
     from .config import RESULTS_NAME, RUNS_RELDIR, parse_seconds, check_limits, load_config
-    from .results import SMOKE_MARK, ResultRow, append_result, append_run_record, create_results, read_results
+    from .journal import best_entry, budget_key, join, render_description
+    from .keep import decide
+    from .results import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
     from .workspace import Workspace
 
     folder = Path(folder).resolve()
@@ -491,15 +479,15 @@ def run_once(
     from .guards import WorkspaceGuard, check_editable, compile_harness
     from .trust import TrustPolicy
 
-    script = check_editable(folder, cfg.editable)
-    if not script.is_file():
-        raise ArError(
-            f"the editable script {cfg.editable} is missing from {folder}; restore it with `git checkout -- {cfg.editable}`"
-        )
     run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
     run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
     check_limits(run_budget, run_kill)
     cfg.run_context().check_prepared()
+    full_budget, cfg = cfg.budget, cfg.for_backend(backend)
+    script = check_editable(folder, cfg.editable)
+    if not script.is_file():
+        raise ArError(f"the script of backend {cfg.backend}, {cfg.editable}, is missing from {folder}; "
+                      f"restore it with `git checkout -- {cfg.editable}`")
     commit = ws.head_commit()
     if commit is None:
         raise ArError(f"{folder} has no commit yet; run `ar init <tag>` first")
@@ -507,7 +495,11 @@ def run_once(
     results_path = folder / RESULTS_NAME
     create_results(results_path)
     rows = read_results(results_path)
-    best = branch_best(rows, ws.ancestry())
+    runs_path = folder / RUNS_RELDIR / "runs.jsonl"
+    key = (budget_key(run_budget), cfg.backend)
+    best_row = best_entry(join(rows, read_run_records(runs_path), budget=full_budget, backend=load_config(folder).backend),
+                          key, ws.ancestry())
+    best = best_row.row.val_bpb if best_row else None
     dirty = ws.is_dirty([cfg.editable])
 
     n, log_path = allocate_log(folder / RUNS_RELDIR, commit)
@@ -530,22 +522,18 @@ def run_once(
     if damage and result.status != "interrupted":
         result = reject(result, "workspace modified", "; ".join(damage))
 
-    if description is None:
-        description = "baseline" if best is None else ws.commit_subject()
+    message = description if description is not None else "baseline" if best is None else ws.commit_subject()
+    notes = [rejection_note(result.rejection)] if result.status == "rejected" else []
+    description = render_description(message, notes, budget=run_budget, full_budget=full_budget)
     recorded: Optional[str] = None
+    rows_before = len(read_results(results_path))
     if result.status == "interrupted":
         note = "interrupted"
     elif dirty:
         note = f"{cfg.editable} has uncommitted changes (commit, then run again)"
     else:
-        if result.status == "rejected":
-            description += rejection_note(result.rejection)
-        if run_budget != cfg.budget:
-            # Recorded (a smoke test should show in `ar results`), but flagged: its number is
-            # not comparable with full-budget runs.
-            description = f"{description} {SMOKE_MARK}{run_budget:g} s)"
-        recorded = decide_status(result, best)
-        ok = recorded != "crash"
+        ok = result.status == "ok" and result.val_bpb is not None
+        recorded = decide("strict", best, [result.val_bpb if ok else None]).action
         append_result(
             results_path,
             ResultRow(
@@ -568,8 +556,13 @@ def run_once(
             note = "the script ended without a val_bpb"
 
     append_run_record(
-        folder / RUNS_RELDIR / "runs.jsonl",
+        runs_path,
         {
+            # a "finished" record names its row (journal.join); one that wrote no row is a "run"
+            "event": "finished" if recorded else "run",
+            "kind": "run",
+            "time": started.isoformat(timespec="seconds"),
+            **({"row": rows_before + 1} if recorded else {}),
             "number": n,
             "started_at": started.isoformat(timespec="seconds"),
             "tag": cfg.tag,
@@ -577,7 +570,8 @@ def run_once(
             "commit": commit,
             "dirty": dirty,
             "description": description,
-            "status": result.status,
+            "status": recorded or result.status,  # as the loop's records: the row's status
+            "run_status": result.status,
             "recorded": recorded,
             "val_bpb": result.val_bpb,
             "memory_gb": result.memory_gb,
@@ -589,7 +583,7 @@ def run_once(
             "rejection": result.rejection or None,
             "harness": result.harness,
             "summary": result.summary,
-            "backend": result.summary.get("backend", cfg.backend),
+            "backend": cfg.backend,
             "chip": result.summary.get("chip"),
             "log": str(log_path.relative_to(folder)),
         },

@@ -1,14 +1,25 @@
 """The git layer of a research workspace: a thin adapter over GitPython.
 
-Everything that changes the repository goes through the git command line (`repo.git`),
-so what `ar` does is exactly what a person would type, hooks and config included; a git
-failure becomes one ArError with git's own message.
+Everything goes through the git command line (`git_output` / `run_git`), so what `ar`
+does is exactly what a person would type, hooks and config included; a git failure
+becomes one ArError with git's own message.
+
+Stopping is the loop's job, never git's: Ctrl-C in a terminal sends SIGINT to the whole
+foreground process group, `ar` and its git children alike, and a git child killed
+midway (or one of GitPython's long-lived `cat-file --batch` helpers) would make the
+clean-up that follows (`git reset --hard` to the best commit) fail. So every git process
+starts with the stop signals blocked (`_Git`): one caught in the group's signal simply
+finishes, and the loop stops cleanly after it. (They stay in `ar`'s process group, which
+is how containment tells them from a training run's orphans.) Object lookups
+(`repo.commit(...)`, `repo.head.commit`) are avoided too: they talk to those helpers
+over a pipe that an interrupt can leave half read.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 import git
 
@@ -19,13 +30,63 @@ from ..errors import ArError
 FALLBACK_NAME = "autoresearch"
 FALLBACK_EMAIL = "autoresearch@localhost"
 
+# The signals the loop turns into a clean stop (core._Signals).
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+class _Git(git.Git):
+    """GitPython's command runner; its processes start with the stop signals blocked.
+
+    A child inherits the signal mask of the thread that starts it and git keeps it, so the
+    signals stay pending until it exits. (A hook run through a shell unblocks them: a
+    Ctrl-C at that moment can fail the command, which then says so, but git cleans up.)
+    While the mask is set here, `ar` itself still gets the signals through its other
+    threads, or right after the command.
+    """
+
+    def execute(self, command, *args, **kwargs):
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            return super().execute(command, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Repo(git.Repo):
+    GitCommandWrapperType = _Git  # also runs `git init` and the cat-file helpers
+
+
+def open_repo(path: Path) -> git.Repo:
+    """The repository at `path` (not a parent's); its git processes ignore Ctrl-C (see _Git)."""
+    return _Repo(path, search_parent_directories=False)
+
+
+def git_output(where: Union[git.Repo, Path], *args: str, strip: bool = True) -> str:
+    """`git <args>` in a repository or folder; its stdout. A failure raises git.GitCommandError."""
+    runner = where.git if isinstance(where, git.Repo) else _Git(str(where))
+    return runner.execute(["git", *args], strip_newline_in_stdout=strip)
+
+
+def run_git(where: Union[git.Repo, Path], *args: str, strip: bool = True) -> str:
+    """`git <args>` in a repository or folder; its failure becomes one clear ArError."""
+    try:
+        return git_output(where, *args, strip=strip)
+    except git.GitCommandError as e:
+        lines = [ln.strip().removeprefix("stderr: ").strip("'").strip() for ln in (e.stderr or "").splitlines()]
+        lines = [ln for ln in lines if ln]
+        # git's own message ("fatal: ...", "error: ...") rather than usage text after it
+        fallback = lines[0] if lines else f"exit code {e.status}"
+        why = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), fallback)
+        folder = where.working_tree_dir if isinstance(where, git.Repo) else where
+        raise ArError(f"git {args[0]} failed in {folder}: {why}") from None
+
 
 def valid_branch_name(name: str) -> bool:
     """True if git accepts `name` as a branch name (`git check-ref-format --branch`)."""
     if not name or name.startswith("-") or "@{" in name:
         return False  # "-x" would read as an option; "@{-1}" is resolved, not checked
     try:
-        git.Git().check_ref_format("--branch", name)
+        _Git().execute(["git", "check-ref-format", "--branch", name])
     except git.GitCommandError:
         return False
     return True
@@ -41,7 +102,7 @@ class Workspace:
     @classmethod
     def open(cls, path: Path) -> "Workspace":
         try:
-            return cls(git.Repo(path, search_parent_directories=False))
+            return cls(open_repo(path))
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise ArError(f"{path} is not a git repository; run `ar init <tag>` there first") from None
 
@@ -50,17 +111,16 @@ class Workspace:
         """Open the repository at `path`, creating it (and the folder) if there is none."""
         path.mkdir(parents=True, exist_ok=True)
         try:
-            ws = cls(git.Repo(path, search_parent_directories=False))
+            return cls(open_repo(path))
         except git.InvalidGitRepositoryError:
-            ws = cls(git.Repo.init(path))
-        return ws
+            return cls(_Repo.init(path))
 
     def ensure_identity(self) -> None:
         """Set a repository-local author when git config has none (GIT_AUTHOR_* still win)."""
         missing = []
         for key, fallback in (("name", FALLBACK_NAME), ("email", FALLBACK_EMAIL)):
             try:
-                self.repo.git.config("--get", f"user.{key}")
+                git_output(self.repo, "config", "--get", f"user.{key}")
             except git.GitCommandError:  # unset at every level
                 missing.append((key, fallback))
         if missing:
@@ -81,13 +141,15 @@ class Workspace:
     def head_commit(self, short: bool = True) -> Optional[str]:
         """HEAD's hash (7 characters when short), or None before the first commit."""
         try:
-            sha = self.repo.head.commit.hexsha
-        except ValueError:
+            sha = git_output(self.repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+        except git.GitCommandError:  # no commit yet
             return None
         return sha[:7] if short else sha
 
     def commit_subject(self, rev: str = "HEAD") -> str:
-        return self.repo.commit(rev).summary
+        """The first line of `rev`'s message."""
+        message = run_git(self.repo, "log", "-1", "--format=%B", rev, "--")
+        return message.split("\n", 1)[0]
 
     def is_dirty(self, paths: Iterable[str] = (), untracked: bool = False) -> bool:
         """Uncommitted changes to tracked files (optionally untracked ones too).
@@ -95,12 +157,12 @@ class Workspace:
         Ignored files never count. With `paths`, only those paths are looked at.
         """
         args = ["--porcelain", "--untracked-files=" + ("normal" if untracked else "no")]
-        out = self.repo.git.status(*args, "--", *paths)
+        out = run_git(self.repo, "status", *args, "--", *paths)
         return bool(out.strip())
 
     def branch_exists(self, name: str) -> bool:
         try:
-            self.repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{name}")
+            git_output(self.repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}")
         except git.GitCommandError:
             return False
         return True
@@ -109,21 +171,9 @@ class Workspace:
         """Short (7-character) hashes of `rev` and all its ancestors; empty before any commit."""
         if self.head_commit() is None:
             return set()
-        return {sha[:7] for sha in self.repo.git.rev_list(rev).split()}
+        return {sha[:7] for sha in run_git(self.repo, "rev-list", rev, "--").split()}
 
     # -- changes -----------------------------------------------------------------
-
-    def _run(self, command: str, *args: str) -> str:
-        """A git command that changes state; its failure becomes one clear ArError."""
-        try:
-            return getattr(self.repo.git, command)(*args)
-        except git.GitCommandError as e:
-            lines = [ln.strip().removeprefix("stderr: ").strip("'").strip() for ln in (e.stderr or "").splitlines()]
-            lines = [ln for ln in lines if ln]
-            # git's own message ("fatal: ...", "error: ...") rather than usage text after it
-            fallback = lines[0] if lines else f"exit code {e.status}"
-            why = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), fallback)
-            raise ArError(f"git {command.replace('_', '-')} failed in {self.path}: {why}") from None
 
     def commit(self, paths: Iterable[str], message: str) -> Optional[str]:
         """Commit exactly `paths` (other staged changes stay staged).
@@ -132,14 +182,14 @@ class Workspace:
         """
         paths = [str(p) for p in paths]
         self.ensure_identity()
-        self._run("add", "--", *paths)
-        if not self.repo.git.status("--porcelain", "--untracked-files=no", "--", *paths).strip():
+        run_git(self.repo, "add", "--", *paths)
+        if not self.is_dirty(paths):
             return None
-        self._run("commit", "-m", message, "--", *paths)
+        run_git(self.repo, "commit", "-m", message, "--", *paths)
         return self.head_commit()
 
     def reset_hard(self, commit: str) -> None:
-        self._run("reset", "--hard", commit)
+        run_git(self.repo, "reset", "--hard", commit)
 
     def create_branch(self, name: str, checkout: bool = True) -> None:
         if not valid_branch_name(name):
@@ -147,9 +197,9 @@ class Workspace:
         if self.branch_exists(name):
             raise ArError(f"branch {name} already exists")
         if checkout:
-            self._run("checkout", "-b", name)
+            run_git(self.repo, "checkout", "-b", name)
         else:
-            self._run("branch", name)
+            run_git(self.repo, "branch", name)
 
     def checkout(self, name: str) -> None:
-        self._run("checkout", name)
+        run_git(self.repo, "checkout", name)

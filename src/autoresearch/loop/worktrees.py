@@ -30,26 +30,17 @@ import git
 
 from ..errors import ArError
 from .guards import write_editable
-from .workspace import Workspace
+from .workspace import Workspace, git_output, run_git
 
 WORKTREES_RELDIR = Path(".autoresearch") / "worktrees"
 _LOCK = "owner.lock"
 _EXCLUDE_LINE = "/.autoresearch/worktrees/"
 
 
-def _git(repo: git.Repo, *args: str) -> str:
-    try:
-        return repo.git.execute(["git", *args])
-    except git.GitCommandError as e:
-        lines = [ln.strip().removeprefix("stderr: ").strip("'").strip() for ln in (e.stderr or "").splitlines()]
-        why = next((ln for ln in lines if ln.startswith(("fatal:", "error:"))), lines[0] if lines else f"exit code {e.status}")
-        raise ArError(f"git {args[0]} failed in {repo.working_tree_dir}: {why}") from None
-
-
 def _show(repo: git.Repo, rev: str, path: str) -> str:
     """The file `path` as of `rev`, byte for byte."""
     try:
-        return repo.git.execute(["git", "show", f"{rev}:{path}"], strip_newline_in_stdout=False)
+        return git_output(repo, "show", f"{rev}:{path}", strip=False)
     except git.GitCommandError:
         raise ArError(f"git show {rev}:{path} failed in {repo.working_tree_dir}: no such file in that commit") from None
 
@@ -72,8 +63,8 @@ class Worktree:
     def checkout(self, commit: str) -> None:
         """Make the tree exactly `commit`: detached, no changes, no files a script left behind."""
         repo = self.ws.repo
-        _git(repo, "checkout", "--quiet", "--force", "--detach", commit)
-        _git(repo, "clean", "-fdxq")
+        run_git(repo, "checkout", "--quiet", "--force", "--detach", commit)
+        run_git(repo, "clean", "-fdxq")
 
     def ensure_at(self, commit: str) -> None:
         if self.head() != commit[:7] or self.ws.is_dirty(untracked=True):
@@ -156,7 +147,7 @@ class WorktreePool:
     # -- ownership
 
     def _exclude(self) -> None:
-        common = Path(self._repo.git.rev_parse("--git-common-dir"))
+        common = Path(run_git(self._repo, "rev-parse", "--git-common-dir"))
         if not common.is_absolute():
             common = self.folder / common
         path = common / "info" / "exclude"
@@ -210,7 +201,7 @@ class WorktreePool:
     def registered(self) -> list[Path]:
         """Worktrees git knows about under our folder (also those of a dead process)."""
         out = []
-        for line in self._repo.git.worktree("list", "--porcelain").splitlines():
+        for line in run_git(self._repo, "worktree", "list", "--porcelain").splitlines():
             if line.startswith("worktree "):
                 path = Path(line[len("worktree ") :])
                 with contextlib.suppress(ValueError):
@@ -222,7 +213,7 @@ class WorktreePool:
         removed = []
         for path in self.registered():
             with contextlib.suppress(git.GitCommandError):
-                self._repo.git.worktree("remove", "--force", "--force", str(path))
+                git_output(self._repo, "worktree", "remove", "--force", "--force", str(path))
             removed.append(path.name)
         if self.root.exists():
             for child in self.root.iterdir():  # folders git no longer knows (a removal cut short)
@@ -232,7 +223,7 @@ class WorktreePool:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
-        self._repo.git.worktree("prune")
+        run_git(self._repo, "worktree", "prune")
         self.trees = []
         return removed
 
@@ -242,7 +233,7 @@ class WorktreePool:
             raise RuntimeError("claim() the worktrees before creating them")
         for i in range(1, n + 1):
             path = self.root / f"w{i}"
-            _git(self._repo, "worktree", "add", "--quiet", "--detach", str(path), commit)
+            run_git(self._repo, "worktree", "add", "--quiet", "--detach", str(path), commit)
             self.trees.append(Worktree(path, f"w{i}"))
         return self.trees
 

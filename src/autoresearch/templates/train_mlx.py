@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
-from autoresearch.backends import detect_hardware, peak_flops, suggest_config
+from autoresearch.backends import detect_hardware, peak_flops
 from autoresearch.backends.mlx_optim import MuonAdamW
 from autoresearch.data import load_context
 from autoresearch.data.mlx_io import evaluate_bpb, make_dataloader
@@ -161,12 +161,11 @@ class GPT(nn.Module):
 # Hyperparameters (edit these directly, no CLI flags needed)
 # ---------------------------------------------------------------------------
 
-# Size and batch default to what suits this machine and profile; set any of the three
-# to a number to override, e.g. DEPTH = 6.
-_suggested = suggest_config(hw, BACKEND, ctx.profile)
-DEPTH = _suggested.depth  # transformer blocks: the main size dial
-DEVICE_BATCH_SIZE = _suggested.device_batch_size  # rows per forward/backward pass
-TOTAL_BATCH_SIZE = _suggested.total_batch_size  # tokens per optimizer step (gradient accumulation)
+# Model size and batch: `ar init` writes the suggestion for this machine and profile here.
+# Size: the tiny profile on a CPU
+DEPTH = 2  # transformer blocks: the main size dial
+DEVICE_BATCH_SIZE = 16  # rows per forward/backward pass
+TOTAL_BATCH_SIZE = 2**12  # tokens per optimizer step (gradient accumulation)
 
 # Model shape
 ASPECT_RATIO = 64  # model_dim = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM

@@ -14,7 +14,7 @@ and changes one per experiment, around the current best file:
 - a ratio/fraction/decay/warm-up that is 0.0: 0.1, then 0.05, then 0.2.
 
 All the coarse moves of every constant come before any finer move; constants the history
-mentions least go first (ties in an order fixed by `seed`), and a constant whose last
+mentions least go first (ties: the main dial DEPTH, then an order fixed by `seed`), and a constant whose last
 change was kept is pushed the same way again. It never repeats an experiment it already
 ran: its descriptions (``offline: MATRIX_LR 0.04 -> 0.08``) are read back from the history.
 With several workers it never proposes an experiment that is running (``ctx.in_flight``),
@@ -47,6 +47,7 @@ _ZERO_PARTS = _BOUNDED_PARTS + ("DECAY", "WARMUP")  # worth switching on when 0.
 _FLOAT_LEVELS = 4  # factors 2, 2**(1/2), 2**(1/4), 2**(1/8)
 _INT_LEVELS = 2
 _ZERO_STEPS = (0.1, 0.05, 0.2)
+_DIALS = ("DEPTH",)  # the main dial (model size) goes first among equals
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class OfflineProposer:
         mentions = {c.name: sum(bool(re.search(rf"\b{c.name}\b", d)) for d in described) for c in constants}
         rng = random.Random(self.seed)
         tie = {c.name: rng.random() for c in constants}
-        order = sorted(constants, key=lambda c: (mentions[c.name], tie[c.name]))
+        order = sorted(constants, key=lambda c: (mentions[c.name], c.name not in _DIALS, tie[c.name]))
         out = []
         for level in range(max(_FLOAT_LEVELS, _INT_LEVELS, len(_ZERO_STEPS))):
             for c in order:
