@@ -34,7 +34,9 @@ from pathlib import Path
 def bench(root: Path, workers: int, budget: float, experiments: int) -> dict:
     from autoresearch.data.profiles import get_profile
     from autoresearch.loop.config import RUNS_RELDIR, init_workspace, load_config
-    from autoresearch.loop.core import LoopSettings, ScriptRunner, run_loop
+    from autoresearch.loop.lab import LoopSettings
+    from autoresearch.loop.script_runner import ScriptRunner
+    from autoresearch.loop.serial import run_loop
     from autoresearch.loop.parallel import make_executor, run_parallel
     from autoresearch.loop.proposers.offline import OfflineProposer
     from autoresearch.loop.results import read_results, read_run_records

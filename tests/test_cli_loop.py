@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.loop.core import INTERRUPTED_NOTE, LoopEvent
+from autoresearch.loop.lab import INTERRUPTED_NOTE, LoopEvent
 from autoresearch.loop.display import LiveDisplay, PlainDisplay
 from autoresearch.loop.results import read_results, read_run_records
 from autoresearch.loop.runner import RunResult

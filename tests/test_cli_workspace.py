@@ -326,5 +326,6 @@ def test_ctrl_c_on_ar_run_stops_training_and_records_nothing(tmp_path, cli):
     time.sleep(0.2)
     assert [p for p in pids if _alive(p)] == []
     assert read_results(ws / "results.tsv") == []
-    record = json.loads((ws / ".autoresearch" / "runs" / "runs.jsonl").read_text().splitlines()[-1])
-    assert record["status"] == "interrupted" and record["recorded"] is None
+    records = [json.loads(line) for line in (ws / ".autoresearch" / "runs" / "runs.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["started", "run", "abandoned"]
+    assert records[1]["status"] == "interrupted" and records[2]["reason"] == "interrupted"

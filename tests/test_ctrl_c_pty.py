@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.loop.core import INTERRUPTED_NOTE
+from autoresearch.loop.lab import INTERRUPTED_NOTE
 from autoresearch.loop.results import read_results, read_run_records
 from fake_cache import fake_prepared_data
 

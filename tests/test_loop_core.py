@@ -11,7 +11,9 @@ from typing import Optional
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.core import INTERRUPTED_NOTE, Loop, LoopSettings, run_loop
+from autoresearch.loop.lab import INTERRUPTED_NOTE, Lab, LoopSettings
+from autoresearch.loop.recovery import recover
+from autoresearch.loop.serial import run_loop
 from autoresearch.loop.journal import best_entry, budget_key, history
 from autoresearch.loop.proposal import NoProposal, Proposal, Usage
 from autoresearch.loop.results import ResultRow, append_result, append_run_record, read_results, read_run_records
@@ -348,7 +350,7 @@ def _open_experiment(ws, *, commit_it: bool, start_it: bool, row: Optional[str] 
 
 
 def _recover(ws):
-    return Loop(ws, ScriptedProposer([]), FakeRunner(ws, {}), settings()).recover()
+    return recover(Lab(ws, settings()))
 
 
 def test_recover_a_run_that_died_writes_one_crash_row_and_resets(ws):
@@ -391,7 +393,7 @@ def test_stop_signals_wait_for_a_critical_step_to_finish():
     import os
     import signal
 
-    from autoresearch.loop.core import StopRequested, _Signals
+    from autoresearch.loop.signals import Signals as _Signals, StopRequested
 
     done = []
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from fake_llm_server import FakeLLMServer, anthropic_error, anthropic_text, anthropic_tool_use
 
-from autoresearch.loop.core import LoopSettings, ScriptRunner, run_loop
+from autoresearch.loop.lab import LoopSettings
+from autoresearch.loop.script_runner import ScriptRunner
+from autoresearch.loop.serial import run_loop
 from autoresearch.loop.pricing import cost_usd
 from autoresearch.loop.proposal import Usage
 from autoresearch.loop.proposers.anthropic import DEFAULT_MODEL, AnthropicProposer

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from autoresearch.backends.detect import GpuDevice, Hardware
 from autoresearch.cli import app
 from autoresearch.errors import ArError
-from autoresearch.loop.core import INTERRUPTED_NOTE, LoopSettings
+from autoresearch.loop.lab import INTERRUPTED_NOTE, LoopSettings
 from autoresearch.loop.journal import workspace_view
-from autoresearch.loop.parallel import ParallelLoop, plan_workers, run_parallel
+from autoresearch.loop.parallel import plan_workers, run_parallel
 from autoresearch.loop.proposal import HistoryItem, NoProposal, Proposal, ProposalContext
 from autoresearch.loop.proposers.offline import OfflineProposer
 from autoresearch.loop.results import read_results, read_run_records
@@ -359,7 +359,7 @@ def test_the_live_view_shows_one_line_per_worker():
 
     from rich.console import Console
 
-    from autoresearch.loop.core import LoopEvent
+    from autoresearch.loop.lab import LoopEvent
     from autoresearch.loop.display import LiveDisplay, PlainDisplay
 
     events = [

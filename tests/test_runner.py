@@ -18,7 +18,8 @@ from autoresearch.errors import ArError
 from autoresearch.loop.config import WorkspaceConfig, write_config
 from autoresearch.loop.results import read_results, read_run_records
 from autoresearch.loop.journal import history
-from autoresearch.loop.runner import allocate_log, run_once, run_script
+from autoresearch.experiment.once import run_once
+from autoresearch.loop.runner import allocate_log, run_script
 from autoresearch.loop.summary import last_error_line, parse_progress, parse_summary
 from autoresearch.loop.workspace import Workspace
 from fake_cache import fake_prepared_data
@@ -310,11 +311,13 @@ def test_run_once_records_baseline_then_keep_discard_crash(workspace):
     ]
     assert all(len(r.commit) == 7 for r in rows)
     records = read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl")
-    assert [r["recorded"] for r in records] == ["keep", "keep", "discard", "crash"]
-    assert records[0]["backend"] == "cpu" and records[0]["summary"]["peak_vram_mb"] == 1536.0
+    finished = [r for r in records if r["event"] == "finished"]
+    runs = [r for r in records if r["event"] == "run"]
+    assert [r["status"] for r in finished] == ["keep", "keep", "discard", "crash"] and [r["row"] for r in finished] == [1, 2, 3, 4]
+    assert runs[0]["backend"] == "cpu" and runs[0]["summary"]["peak_vram_mb"] == 1536.0
     logs = sorted((folder / ".autoresearch" / "runs").glob("*.log"))
     assert [p.name.split("-")[0] for p in logs] == ["0001", "0002", "0003", "0004"]
-    assert (folder / records[3]["log"]).read_text().count("diverged") >= 1
+    assert (folder / runs[3]["log"]).read_text().count("diverged") >= 1
 
 
 def test_a_new_branch_gets_its_own_baseline(workspace):
@@ -339,8 +342,8 @@ def test_budget_override_is_recorded_but_never_the_best_and_dirty_script_is_not_
     dirty = run_once(folder, grace=0.2)
     assert dirty.recorded is None and "uncommitted" in dirty.note
     assert len(read_results(folder / "results.tsv")) == 1
-    records = read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl")
-    assert [r["dirty"] for r in records] == [False, True] and records[0]["budget"] == 1
+    runs = [r for r in read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl") if r["event"] == "run"]
+    assert [r.get("dirty", False) for r in runs] == [False, True] and runs[0]["budget"] == 1
 
 
 def test_full_budget_run_after_a_smoke_run_is_its_own_baseline_and_each_backend_has_its_own(workspace):
@@ -361,8 +364,8 @@ def test_full_budget_run_after_a_smoke_run_is_its_own_baseline_and_each_backend_
     assert "backend: mlx" in mlx.result.log_path.read_text()
     entries = history(folder, budget=5, backend="cpu")
     assert [(e.budget, e.backend, e.row.status) for e in entries] == [("1", "cpu", "keep"), ("5", "cpu", "keep"), ("5", "mlx", "keep")]
-    records = read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl")
-    assert [r["event"] for r in records] == ["finished"] * 3 and [r["row"] for r in records] == [1, 2, 3]
+    records = [r for r in read_run_records(folder / ".autoresearch" / "runs" / "runs.jsonl") if r["event"] == "finished"]
+    assert [r["row"] for r in records] == [1, 2, 3] and [r["backend"] for r in records] == ["cpu", "cpu", "mlx"]
 
 
 def test_run_once_refuses_missing_data_and_kill_below_budget(workspace, tmp_path, monkeypatch):

@@ -238,6 +238,10 @@ def run(
         None, "--backend", "-b", envvar="AUTORESEARCH_BACKEND", show_envvar=True,
         help="mlx runs train_mlx.py; cpu, cuda or mps run train.py (default: the workspace's).",
     ),
+    keep_rule: str = typer.Option(
+        "noise", "--keep-rule", help="As `ar loop` judges: noise (a gain must clear the noise floor a loop measured; "
+        "a marginal one runs once more) or strict (any lower val_bpb is kept)."
+    ),
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
 
@@ -258,7 +262,7 @@ def run(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .loop.runner import run_once
+    from .experiment.once import run_once
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -270,22 +274,26 @@ def run(
     )
     task = bar.add_task("training", total=100, info="starting")
 
-    def on_start(number: int, log_path: Path) -> None:
-        console.print(f"run {number}: log in {log_path}", highlight=False)
-        bar.start()
-
-    def on_progress(fields: dict) -> None:
-        info = []
-        for key, fmt in (("step", "step {}"), ("loss", "loss {:.4f}"), ("tok_per_s", "{:,.0f} tok/s"), ("remaining_s", "{:.0f} s left")):
-            if isinstance(fields.get(key), (int, float)):
-                info.append(fmt.format(fields[key]))
-        pct = fields.get("pct")
-        bar.update(task, completed=pct if isinstance(pct, (int, float)) else None, info="  ".join(info))
+    def on_event(event) -> None:
+        if event.kind == "run_started":
+            seed = f", {event.note}" if event.note else ""
+            console.print(f"{event.run_kind} run of {event.commit}{seed}", highlight=False)
+            bar.reset(task, total=100, info="starting")
+            bar.start()
+        elif event.kind == "progress" and event.progress:
+            fields, info = event.progress, []
+            for key, fmt in (("step", "step {}"), ("loss", "loss {:.4f}"), ("tok_per_s", "{:,.0f} tok/s"), ("remaining_s", "{:.0f} s left")):
+                if isinstance(fields.get(key), (int, float)):
+                    info.append(fmt.format(fields[key]))
+            pct = fields.get("pct")
+            bar.update(task, completed=pct if isinstance(pct, (int, float)) else None, info="  ".join(info))
+        elif event.kind == "run_finished":
+            bar.stop()
 
     try:
         with user_errors():
             outcome = run_once(folder, budget=budget, kill=kill, description=description, backend=backend,
-                               on_progress=on_progress, on_start=on_start)
+                               keep_rule=keep_rule, on_event=on_event)
     finally:
         bar.stop()
     res = outcome.result
@@ -463,7 +471,9 @@ def loop(
     """
     from .data.profiles import get_profile
     from .loop.config import check_limits, load_config, parse_seconds
-    from .loop.core import LoopSettings, ScriptRunner, run_loop
+    from .loop.lab import LoopSettings
+    from .loop.script_runner import ScriptRunner
+    from .loop.serial import run_loop
     from .loop.display import make_display
     from .loop.keep import NOISE_RUNS, check_rule
     from .loop.proposers import get_proposer

@@ -1,6 +1,6 @@
 """What `ar loop` shows while it runs: a Rich live view on a terminal, plain lines otherwise.
 
-Both subscribe to the loop's events (`autoresearch.loop.core.LoopEvent`); neither
+Both subscribe to the loop's events (`autoresearch.loop.lab.LoopEvent`); neither
 changes anything. Progress events arrive from the runner's reader thread. With
 `ar loop --workers N` every event names its worker ("w2", or "w2@node" with Ray): plain
 lines start with it and the live view shows one line per worker.
@@ -20,7 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .core import LoopEvent
+from .lab import LoopEvent
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red"}
 _RUN_LABEL = {"baseline": "baseline", "experiment": "experiment", "confirm": "confirmation run", "noise": "noise-floor run"}

@@ -51,22 +51,20 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
 from ..errors import ArError
+from ..experiment.checkouts import InPlace, InWorktree
+from ..experiment.step import INTERRUPTS, PARSE_LOCK, Abandoned, StopRequested, run_experiment
+from . import phases
 from .config import RUNS_RELDIR
-from .core import EventFn, Loop, LoopEvent, LoopReport, LoopSettings, ScriptRunner, StopRequested, _Abandon, _one_line
-from .guards import check_proposal
-from .keep import Decision, decide
-from .proposal import NoProposal, Proposal, Proposer, Usage
+from .keep import check_rule
+from .lab import EventFn, Lab, LoopEvent, LoopReport, LoopSettings
+from .proposal import NoProposal, Proposal, Proposer
 from .proposers.offline import OfflineProposer
-from .results import ResultRow, append_result
-from .runner import ProgressCallback, RunResult, allocate_log, rejection_note
+from .proposing import Proposing
+from .runner import ProgressCallback, RunResult, allocate_log
+from .script_runner import ScriptRunner
 from .workspace import Workspace
 from .worktrees import Worktree, WorktreePool
 
-MAX_REAPPLY = 3  # re-applications of one experiment onto a moving best before it is discarded
-# ast.parse is not thread-safe on CPython 3.11 (concurrent calls can fail with "SystemError:
-# AST constructor recursion depth mismatch"; seen here on 3.11.7). The static check and
-# the offline proposer parse the script, so they take turns; LLM proposals stay parallel.
-_PARSE_LOCK = threading.Lock()
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -200,20 +198,15 @@ def make_executor(
 # -- the loop -------------------------------------------------------------------------
 
 
-def _check(editable: str, old: str, new: str) -> Optional[str]:
-    with _PARSE_LOCK:
-        return check_proposal(editable, old, new)
-
-
 class _OneAtATime:
-    """A proposer that parses (the offline one): its proposals take turns (see _PARSE_LOCK)."""
+    """A proposer that parses (the offline one): its proposals take turns (see PARSE_LOCK)."""
 
     def __init__(self, inner: Proposer):
         self.inner = inner
         self.name = getattr(inner, "name", type(inner).__name__)
 
     def propose(self, ctx):
-        with _PARSE_LOCK:
+        with PARSE_LOCK:
             return self.inner.propose(ctx)
 
 
@@ -224,29 +217,32 @@ class _Flight:
     worker: str = ""
 
 
-@dataclass
-class _Experiment:
-    xid: str
-    slot: int
-    number: int
-    message: str
-    desc: str
-    usage: Usage
-    common: dict  # fields of its "proposing" and "started" records
-
-
 class _SlotRunner:
-    """core's Runner seam: runs on the calling thread's worker (worker 1 in the main thread)."""
+    """The Runner seam for one worker: its worktree at the commit, its device, its executor."""
 
-    def __init__(self, loop: "ParallelLoop"):
-        self.loop = loop
+    def __init__(self, loop: "ParallelLoop", slot: int):
+        self.loop, self.slot = loop, slot
 
     def run(self, commit: str, *, seed: Optional[int] = None, on_progress=None) -> RunResult:
-        return self.loop._run_on_slot(commit, seed, on_progress)
+        lab, tree = self.loop.lab, self.loop.trees[self.slot]
+        tree.ensure_at(commit)
+        label = self.loop.executor.label(self.slot)
+        lab.worker = label
+
+        def progress(fields: dict) -> None:
+            lab.worker = label  # progress arrives on the runner's reader thread
+            if on_progress is not None:
+                on_progress(fields)
+
+        result, where = self.loop.executor.run(self.slot, tree.path, commit, seed=seed, on_progress=progress, stop=self.loop.stop)
+        lab.worker = where
+        if self.loop.stop.is_set() and result.status != "interrupted":  # it ended as the user stopped: abandoned
+            result = dataclasses.replace(result, status="interrupted", reason="interrupted by the user (Ctrl-C or a stop signal)")
+        return result
 
 
-class ParallelLoop(Loop):
-    """The loop with several workers (see the module doc); `run()` as in core."""
+class ParallelLoop:
+    """Up to N experiments in flight (see the module doc); `run()` goes until a limit or a stop."""
 
     def __init__(
         self,
@@ -260,110 +256,41 @@ class ParallelLoop(Loop):
         clock: Callable[[], float] = time.monotonic,
         sleep: Optional[Callable[[float], None]] = None,
     ):
+        check_rule(settings.keep_rule)
+        self.name = getattr(proposer, "name", type(proposer).__name__)
+        if isinstance(proposer, OfflineProposer):
+            proposer = _OneAtATime(proposer)
+        self.ws = workspace
+        self.lab = Lab(workspace, settings, proposer=self.name, on_event=on_event)
+        self.clock = clock
+        self.asking = Proposing(self.lab, proposer, clock=clock, started=clock())
         self.executor = executor
         self.trees = list(trees)
-        self.lock = threading.RLock()  # results.tsv, the branch, the shared counters
-        self._emit_lock = threading.Lock()
-        self._local = threading.local()  # slot, worker label, a wait asked for by _no_proposal
-        self._stop = threading.Event()
+        self.stop = threading.Event()
+        self._pause = sleep or self.stop.wait  # waits between failed proposals end at a stop
         self._in_flight: dict[str, _Flight] = {}
-        self._done: set[str] = set()  # experiments whose row is written
         self._error: Optional[BaseException] = None
         self._running = 0  # worker threads not yet finished
         self._all_done = threading.Event()
-        if isinstance(proposer, OfflineProposer):
-            proposer = _OneAtATime(proposer)
-        super().__init__(workspace, proposer, _SlotRunner(self), settings, on_event=on_event, clock=clock, sleep=self._note_wait)
-        self._pause = sleep or self._stop.wait  # waits between failed proposals end at a stop
 
-    # -- shared plumbing
-
-    def _note_wait(self, seconds: float) -> None:
-        self._local.wait = seconds  # core's _no_proposal asks to wait; we wait outside the lock
-
-    def _worker(self) -> str:
-        return getattr(self._local, "worker", "")
-
-    def _record(self, event: str, **fields) -> None:
-        if self._worker():
-            fields.setdefault("worker", self._worker())
-        super()._record(event, **fields)
-
-    def _emit(self, kind: str, **fields) -> None:
-        fields.setdefault("worker", self._worker())
-        with self._emit_lock:  # events come from several threads; displays are not thread-safe
-            super()._emit(kind, **fields)
-
-    def _no_proposal(self, e: NoProposal) -> None:
-        with self.lock:
-            self._local.wait = 0.0
-            super()._no_proposal(e)
-            wait = self._local.wait
-        if wait:
-            self._pause(wait)
-
-    def _abandon(self, xid: str, commit: Optional[str], parent: Optional[str], error: BaseException) -> None:
-        # The workspace's checkout is never at an unfinished experiment: nothing to reset.
-        why = "interrupted" if isinstance(error, (KeyboardInterrupt, StopRequested, _Abandon)) else f"error: {type(error).__name__}: {error}"
-        with self.lock:
-            self._record("abandoned", id=xid, commit=commit, parent=parent, reason=why)
-        self._emit("abandoned", commit=commit or "", note=why)
-
-    def _run_on_slot(self, commit: str, seed: Optional[int], on_progress) -> RunResult:
-        slot = getattr(self._local, "slot", 0)
-        tree = self.trees[slot]
-        tree.ensure_at(commit)
-        label = self.executor.label(slot)
-        self._local.worker = label
-
-        def progress(fields: dict) -> None:
-            self._local.worker = label  # progress arrives on the runner's reader thread
-            if on_progress is not None:
-                on_progress(fields)
-
-        result, where = self.executor.run(slot, tree.path, commit, seed=seed, on_progress=progress, stop=self._stop)
-        self._local.worker = where
-        if self._stop.is_set() and result.status != "interrupted":  # it ended as the user stopped: abandoned, as with one worker
-            result = dataclasses.replace(result, status="interrupted", reason="interrupted by the user (Ctrl-C or a stop signal)")
-        return result
-
-    # -- recovery of a dead parallel loop
-
-    def _recover_one(self, xid: str, recs: dict) -> None:
-        started, proposing = recs.get("started"), recs.get("proposing")
-        base = started or proposing
-        if not base.get("worktree"):
-            return super()._recover_one(xid, recs)
-        # Its commit lived in a worktree: the branch is untouched unless its row says keep.
-        commit = started.get("commit") if started else None
-        row, wrote, moved, extra = None, False, False, {}
-        if started:
-            written = [r for r in self._rows()[int(started.get("rows_before", 0)) :] if r.commit == str(commit)[:7]]
-            if written:
-                row = written[0].status
-                if row == "keep" and self.ws.head_commit() == str(started.get("parent"))[:7]:
-                    self.ws.reset_hard(commit)  # it died between the row and the branch move
-                    moved = True
-            else:
-                row, wrote = "crash", True
-                extra = self._died_fields(started, len(self._rows()) + 1)
-                append_result(self.results_path, ResultRow(str(commit), 0.0, 0.0, "crash", self._died_description(started)))
-        note = (
-            f"the previous ar process died during experiment {commit or '(not yet committed)'} on {base.get('worker', '?')}: "
-            + ("recorded as a crash" if wrote else f"its row ({row}) was already written" if started else "it never ran")
-            + ("; the branch moved to it" if moved else "")
-        )
-        self._record("recovered", id=xid, commit=commit, parent=base.get("parent"), status=row, reset=False, moved=moved, note=note,
-                     **extra)
-        self._emit("recovered", commit=commit or "", note=note, description=base.get("description", ""))
-
-    # -- the phases
-
-    def _run(self) -> None:
-        self._start(workers=len(self.trees), executor=self.executor.describe())
-        if self._prepare() is not None:  # the baseline and noise floor, one at a time on worker 1
-            self._local.worker = ""
-            self._parallel()
+    def run(self) -> LoopReport:
+        lab = self.lab
+        self.asking.started = started = self.clock()
+        with lab.signals:
+            try:
+                phases.start(lab, self.name, workers=len(self.trees), executor=self.executor.describe())
+                self.asking.read_editable()
+                self.asking.load_crash_tail(lab.rows())
+                # The baseline and the noise floor: one run at a time, on worker 1's device.
+                if phases.prepare(lab, InPlace(self.ws), _SlotRunner(self, 0), lambda: phases.limit_reached(lab, started, self.clock)):
+                    lab.worker = ""
+                    self._parallel()
+            except INTERRUPTS:
+                lab.report.interrupted = True
+                lab.report.stop_reason = "interrupted"
+        lab.worker = ""
+        phases.stop(lab)
+        return lab.report
 
     def _parallel(self) -> None:
         threads = [threading.Thread(target=self._work, args=(i,), name=f"ar-w{i + 1}", daemon=True) for i in range(len(self.trees))]
@@ -377,198 +304,97 @@ class ParallelLoop(Loop):
             while not self._all_done.wait(0.1):
                 pass
         except (KeyboardInterrupt, StopRequested):
-            self._stop.set()
-            with self.lock:
+            self.stop.set()
+            with self.lab.lock:
                 self._running -= len(threads) - started  # those never started will not say they are done
                 if not self._running:
                     self._all_done.set()
-            with self.signals.critical():  # another Ctrl-C waits until every run has stopped
+            with self.lab.signals.critical():  # another Ctrl-C waits until every run has stopped
                 self._all_done.wait()
             raise
         for t in threads:
             t.join()
         if self._error is not None:
             raise self._error
-        if self._stop.is_set():
-            raise _Abandon("a run was interrupted")
-
-    def _limit(self) -> Optional[str]:
-        s = self.s
-        if s.max_experiments is not None and self.report.experiments + len(self._in_flight) >= s.max_experiments:
-            return f"ran {s.max_experiments} experiments (--max-experiments {s.max_experiments})"
-        return self._limit_reached()
+        if self.stop.is_set():
+            raise Abandoned("a run was interrupted")
 
     def _work(self, slot: int) -> None:
+        self.lab.worker = self.executor.label(slot)
         try:
-            self._work_on(slot)
+            while not self.stop.is_set() and self._next(slot):
+                pass
+        except INTERRUPTS:
+            self.stop.set()  # stopped (the experiment is recorded as abandoned): so do the others
+        except BaseException as e:  # a git failure, a user mistake from the proposer: stop all
+            with self.lab.lock:
+                self._error = self._error or e
+            self.stop.set()
         finally:
-            with self.lock:
+            with self.lab.lock:
                 self._running -= 1
                 if not self._running:
                     self._all_done.set()
 
-    def _work_on(self, slot: int) -> None:
-        self._local.slot = slot
-        self._local.worker = self.executor.label(slot)
-        try:
-            while not self._stop.is_set() and self._next(slot):
-                pass
-        except (_Abandon, KeyboardInterrupt, StopRequested):
-            self._stop.set()  # stopped (the experiment is recorded as abandoned): so do the others
-        except BaseException as e:  # a git failure, a user mistake from the proposer: stop all
-            with self.lock:
-                self._error = self._error or e
-            self._stop.set()
-
     def _next(self, slot: int) -> bool:
         """Propose and run one experiment on `slot`; False when a limit says stop."""
-        with self.lock:
-            if self._stop.is_set():
+        lab = self.lab
+        with lab.lock:
+            if self.stop.is_set():
                 return False
-            reason = self._limit()
+            reason = phases.limit_reached(lab, self.asking.started, self.clock, in_flight=len(self._in_flight))
             if reason:
-                self.report.stop_reason = self.report.stop_reason or reason
+                lab.report.stop_reason = lab.report.stop_reason or reason
                 return False
-            rows = self._rows()
-            best = self._best(rows)
+            rows = lab.rows()
+            best = lab.best_row(rows)
             parent = self.ws.head_commit()
-            ctx = self._context(rows, best, self._read_editable())
-            ctx = dataclasses.replace(ctx, in_flight=tuple(f.message for f in self._in_flight.values() if f.message))
+            running = tuple(f.message for f in self._in_flight.values() if f.message)
+            ctx = self.asking.context(rows, best, self.asking.read_editable(), in_flight=running)
             ticket = uuid.uuid4().hex
             self._in_flight[ticket] = _Flight()  # counts against --max-experiments while it is asked for
             number = len(rows) + len(self._in_flight)
         try:
-            self._emit("proposing", number=number, best=ctx.best)
-            for _ in range(3):  # two proposals asked for at once can be the same: ask again, once or twice
-                proposal = self._propose(ctx)
-                if proposal is None:
-                    return True
-                message = _one_line(proposal.description)
-                with self.lock:
-                    self.report.cost_usd += proposal.usage.cost_usd
-                    clash = next((f for t, f in self._in_flight.items() if t != ticket and f.message
-                                  and (f.message == message or f.text == proposal.new_text)), None)
-                    if clash is None:
-                        self.failures, self.feedback = 0, None
-                        self._in_flight[ticket] = _Flight(message, proposal.new_text, self._worker())
-                        break
-                    why = f"that experiment is already running on {clash.worker} ({clash.message}); propose a different one"
-                    ctx = dataclasses.replace(ctx, feedback=why, in_flight=tuple(f.message for f in self._in_flight.values() if f.message))
-            else:
-                self._no_proposal(NoProposal(why))
+            lab.emit("proposing", number=number, best=ctx.best)
+            proposal = self._propose(ticket, ctx)
+            if proposal is None:
                 return True
-            refused = _check(self.s.editable, ctx.editable_text, proposal.new_text)
-            self._experiment_on(slot, number, parent, best.val_bpb if best else None, proposal, message, len(rows), refused)
+            outcome = run_experiment(lab, InWorktree(self.ws, self.trees[slot]), _SlotRunner(self, slot), proposal,
+                                     number=number, rows_before=len(rows), floor=lab.floor,
+                                     base=(parent, best.val_bpb if best else None))
+            if outcome is None:  # the same bytes after all (line endings)
+                self._pause(self.asking.no_proposal_unchanged())
+                return True
+            self.asking.after(outcome)
+            phases.finished(lab, outcome, "experiment")
             return True
         finally:
-            with self.lock:
+            with lab.lock:
                 self._in_flight.pop(ticket, None)
 
-    def _experiment_on(
-        self, slot: int, number: int, parent: str, base_best: Optional[float], proposal: Proposal, message: str, rows_before: int,
-        refused: Optional[str],
-    ) -> None:
-        xid = uuid.uuid4().hex[:12]
-        desc = self._describe(message)
-        common = dict(id=xid, experiment=number, message=message, description=desc,
-                      proposer=self.proposer_name, usage=proposal.usage.as_dict(), rows_before=rows_before, worktree=True)
-        x = _Experiment(xid, slot, number, message, desc, proposal.usage, common)
-        commit = None
-        try:
-            self._record("proposing", parent=parent, **common)
-            commit = self.trees[slot].commit_change(parent, self.s.editable, proposal.new_text, message)
-            if commit is None:  # the same bytes after all (line endings)
-                self._record("abandoned", id=xid, commit=None, parent=parent, reason="the proposal changed nothing")
-                self._done.add(xid)
-                self._no_proposal(NoProposal(f"the proposal leaves {self.s.editable} unchanged; change something"))
-                return
-            self._record("started", kind="experiment", commit=commit, parent=parent, budget=self.s.budget,
-                         backend=self.s.backend, keep_rule=self.s.keep_rule, **common)
-            self._judge_on(x, commit, parent, base_best, "experiment", attempt=0, refused=refused)
-        except BaseException as e:
-            if xid not in self._done:
-                self._abandon(xid, commit, parent, e)
-            raise
-
-    def _moved(self, parent: str) -> bool:
-        """The branch left `parent`: something was kept while this experiment ran."""
-        return self.ws.head_commit() != parent[:7]
-
-    def _judge_on(
-        self, x: _Experiment, commit: str, parent: str, base_best: Optional[float], kind: str, attempt: int,
-        refused: Optional[str] = None,
-    ) -> None:
-        """Run `commit` (built on `parent`, whose value was `base_best`), decide, and finish or re-apply.
-        `refused`: why the static check refused it (it does not run)."""
-        results = [self._run_once(x.xid, x.number, commit, kind, None, x.desc, refused)]
-        values = [results[0].val_bpb if results[0].status == "ok" else None]
-        decision = decide(self.s.keep_rule, base_best, values, self.floor)
-        if decision.action == "confirm":
-            with self.lock:
-                moved = self._moved(parent)
-            if not moved:  # a marginal gain on an unmoved best: confirm it here, as one worker does
-                seed = self.s.noise_runs + 1
-                results.append(self._run_once(x.xid, x.number, commit, "confirm", seed, x.desc))
-                values.append(results[-1].val_bpb if results[-1].status == "ok" else None)
-                decision = decide(self.s.keep_rule, base_best, values, self.floor)
-        with self.lock:
-            if decision.action not in ("keep", "confirm") or not self._moved(parent):
-                self._finish(x, commit, parent, decision, values, results, base_best)
-                return
-            onto = self.ws.head_commit()
-            best = self._best(self._rows())
-        # A win against an older best: re-apply it on the new best and run it again.
-        measured = f"{decision.value:.6f} on {parent[:7]}"
-        if attempt >= MAX_REAPPLY:
-            self._finish(x, commit, parent, Decision("discard", decision.value, f"{measured}; the best moved {attempt + 1} times while it ran"),
-                         values, results, base_best)
-            return
-        new, why = self.trees[x.slot].reapply(commit, onto, self.s.editable, x.message)
-        self._record("reapplied", id=x.xid, commit=commit, parent=parent, onto=onto, new_commit=new, reason=why,
-                     measured=decision.value)
-        if new is None:
-            self._finish(x, commit, parent, Decision("discard", decision.value, f"{measured}; {why}"), values, results,
-                         base_best, note=why)
-            return
-        self._record("started", kind="confirm", commit=new, parent=onto, reapplied_from=commit, budget=self.s.budget,
-                     backend=self.s.backend, keep_rule=self.s.keep_rule, **x.common)
-        tree = self.trees[x.slot]
-        refused = _check(self.s.editable, tree.show(onto, self.s.editable), tree.show(new, self.s.editable))
-        self._judge_on(x, new, onto, best.val_bpb if best else None, "confirm", attempt + 1, refused)
-
-    def _finish(
-        self, x: _Experiment, commit: str, parent: str, decision: Decision, values: list, results: list[RunResult],
-        base_best: Optional[float], note: str = "",
-    ) -> None:
-        """The row, the branch (fast-forward to a keep) and the "finished" record, atomically for this process."""
-        status = decision.action
-        ok = status != "crash"
-        memory = max(r.memory_gb for r in results) if ok else 0.0
-        value = decision.value if ok else 0.0
-        rejected = next((r for r in results if r.status == "rejected"), None)
-        desc = self._describe(x.message, note, rejection_note(rejected.rejection) if rejected else "")
-        with self.lock:
-            rows_before = len(self._rows())
-            number = rows_before + 1
-            append_result(self.results_path, ResultRow(commit, value, memory, status, desc))
-            if status == "keep":
-                self.ws.reset_hard(commit)  # a fast-forward: its parent is the branch's HEAD
-            self._record(
-                "finished", id=x.xid, experiment=number, kind="experiment", commit=commit, parent=parent, status=status,
-                val_bpb=value if ok else None, memory_gb=memory, description=desc, decision=decision.reason, values=values,
-                best_before=base_best, best_after=(value if status == "keep" else base_best), noise_floor=self.floor,
-                keep_rule=self.s.keep_rule, proposer=self.proposer_name, usage=x.usage.as_dict(), head=self.ws.head_commit(),
-                **self._row_fields(rows_before),
-            )
-            self._done.add(x.xid)
-            self.report.experiments += 1
-            self.report.kept += status == "keep"
-            self.report.crashed += status == "crash"
-            failed = next((r for r in results if r.status != "ok"), None)
-            self.last_crash_tail = "\n".join(failed.log_tail) if status == "crash" and failed else None
-            best = self._best(self._rows())
-            self._emit("finished", number=number, description=desc, commit=commit, run_kind="experiment", status=status,
-                       val_bpb=value if ok else None, best=best.val_bpb if best else None, note=decision.reason)
+    def _propose(self, ticket: str, ctx) -> Optional[Proposal]:
+        """A proposal no other worker is running; two asked for at once can be the same: ask again, twice."""
+        lab = self.lab
+        for _ in range(3):
+            proposal, wait = self.asking.propose(ctx)
+            if proposal is None:
+                self._pause(wait) if wait else None
+                return None
+            message = " ".join(proposal.description.split())
+            with lab.lock:
+                clash = next((f for t, f in self._in_flight.items() if t != ticket and f.message
+                              and (f.message == message or f.text == proposal.new_text)), None)
+                if clash is None:
+                    self.asking.accepted()
+                    self._in_flight[ticket] = _Flight(message, proposal.new_text, lab.worker)
+                    return proposal
+                why = f"that experiment is already running on {clash.worker} ({clash.message}); propose a different one"
+                running = tuple(f.message for f in self._in_flight.values() if f.message)
+                ctx = dataclasses.replace(ctx, feedback=why, in_flight=running)
+        wait = self.asking.no_proposal(NoProposal(why))
+        if wait:
+            self._pause(wait)
+        return None
 
 
 def run_parallel(
@@ -594,7 +420,6 @@ def run_parallel(
             if head is None:
                 raise ArError(f"{workspace.path} has no commit yet; run `ar init <tag>` first")
             trees = pool.create(workers, head)
-            loop = ParallelLoop(workspace, proposer, executor, trees, settings, on_event=on_event, clock=clock, sleep=sleep)
-            return loop.run()
+            return ParallelLoop(workspace, proposer, executor, trees, settings, on_event=on_event, clock=clock, sleep=sleep).run()
     finally:
         executor.close()

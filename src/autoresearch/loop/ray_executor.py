@@ -39,7 +39,7 @@ from .. import __version__
 from ..data.context import CONFIG_RELPATH
 from ..errors import ArError
 from .config import RUNS_RELDIR
-from .core import ScriptRunner
+from .script_runner import ScriptRunner
 from .parallel import thread_env
 from .runner import RunResult, allocate_log
 
@@ -71,7 +71,7 @@ def run_task(editable: str, text: str, config_text: str, env: dict, budget: floa
     import tempfile
 
     from .config import load_config
-    from .core import ScriptRunner
+    from .script_runner import ScriptRunner
     from .guards import write_editable
     from .workspace import Workspace
 
@@ -84,7 +84,9 @@ def run_task(editable: str, text: str, config_text: str, env: dict, budget: floa
         ws = Workspace.init(folder)
         ws.ensure_identity()
         commit = ws.commit([editable, ".gitignore", str(CONFIG_RELPATH)], "autoresearch: the run's files")
-        runner = ScriptRunner.for_workspace(folder, load_config(folder), budget=budget, kill=kill_after, grace=grace)
+        cfg = load_config(folder)  # the run's backend and script, which `--backend` may have changed
+        cfg = dataclasses.replace(cfg, backend=env.get("AUTORESEARCH_BACKEND", cfg.backend), editable=editable)
+        runner = ScriptRunner.for_workspace(folder, cfg, budget=budget, kill=kill_after, grace=grace)
         runner.env.update(env)
         # ray.cancel interrupts the task like Ctrl-C; a worker started from a shell that
         # ignores SIGINT (nohup, a background job) would ignore it: listen for this run.
@@ -146,6 +148,7 @@ class RayExecutor:
             self._connect(address, workers)
         try:
             self.resources, self.env = self._resources(cfg.backend, workers)
+            self.env = {**self.env, "AUTORESEARCH_BACKEND": cfg.backend}  # the run's backend (`--backend`)
             if check:
                 self.check_nodes()
         except BaseException:

@@ -3,8 +3,7 @@
 `run_script` is the core: `sys.executable <script>` in its own process group (so the
 whole tree can be stopped at once), output teed to a log file and parsed for progress
 lines, a hard wall-clock kill, and the summary block read into a `RunResult`.
-`run_once` wraps it for a workspace: settings from the config, a kept log per run under
-.autoresearch/runs/, and the row in results.tsv and runs.jsonl.
+`experiment/once.py` (`ar run`) and the loops run it through `script_runner.ScriptRunner`.
 
 Stopping: on the hard kill, Ctrl-C (SIGINT), SIGTERM or SIGHUP the process group gets
 SIGTERM, `grace` seconds, then SIGKILL. After a normal exit the group is swept the same
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as _dt
 import math
 import os
 import re
@@ -421,18 +419,6 @@ def _result(status, returncode, seconds, log_path, offset, tail, kill_after) -> 
 # -- one experiment in a workspace ------------------------------------------------
 
 
-@dataclass
-class RunOutcome:
-    number: int  # the run's number in .autoresearch/runs/
-    commit: str  # the short hash that ran
-    result: RunResult
-    recorded: Optional[str]  # keep | discard | crash as written to results.tsv; None if not written
-    note: str  # why it was recorded that way, or why not at all
-    best_before: Optional[float]  # the best kept val_bpb on this branch before the run
-    description: str
-    budget: float
-
-
 def allocate_log(runs_dir: Path, commit: str) -> tuple[int, Path]:
     """Create the next `<n>-<commit7>.log` (never an existing one) and return it."""
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -445,156 +431,3 @@ def allocate_log(runs_dir: Path, commit: str) -> tuple[int, Path]:
             return n, path
         except FileExistsError:
             n += 1
-
-
-def run_once(
-    folder: Path,
-    *,
-    budget: Optional[float] = None,
-    kill: Optional[float] = None,
-    description: Optional[str] = None,
-    backend: Optional[str] = None,
-    on_progress: Optional[ProgressCallback] = None,
-    on_start: Optional[Callable[[int, Path], None]] = None,
-    grace: float = DEFAULT_GRACE,
-) -> RunOutcome:
-    """Run the workspace's editable script once and record it.
-
-    Recorded in results.tsv as: crash if it crashed or hit the hard kill; keep if it is
-    the first result of its budget and backend on this branch (the baseline) or beats the
-    best of them (journal.best_entry, as the loop judges); discard otherwise. Not recorded
-    there (only in runs.jsonl) when interrupted, when the editable file has uncommitted
-    changes (the row would name the wrong commit). A run whose `budget` differs from the
-    workspace's shows "(budget N s)" in its description.
-    """
-    from .config import RESULTS_NAME, RUNS_RELDIR, parse_seconds, check_limits, load_config
-    from .journal import best_entry, budget_key, join, render_description
-    from .keep import decide
-    from .results import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
-    from .workspace import Workspace
-
-    folder = Path(folder).resolve()
-    cfg = load_config(folder)
-    ws = Workspace.open(folder)
-    from .guards import WorkspaceGuard, check_editable, compile_harness
-    from .trust import TrustPolicy
-
-    run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
-    run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
-    check_limits(run_budget, run_kill)
-    cfg.run_context().check_prepared()
-    full_budget, cfg = cfg.budget, cfg.for_backend(backend)
-    script = check_editable(folder, cfg.editable)
-    if not script.is_file():
-        raise ArError(f"the script of backend {cfg.backend}, {cfg.editable}, is missing from {folder}; "
-                      f"restore it with `git checkout -- {cfg.editable}`")
-    commit = ws.head_commit()
-    if commit is None:
-        raise ArError(f"{folder} has no commit yet; run `ar init <tag>` first")
-
-    results_path = folder / RESULTS_NAME
-    create_results(results_path)
-    rows = read_results(results_path)
-    runs_path = folder / RUNS_RELDIR / "runs.jsonl"
-    key = (budget_key(run_budget), cfg.backend)
-    best_row = best_entry(join(rows, read_run_records(runs_path), budget=full_budget, backend=load_config(folder).backend),
-                          key, ws.ancestry())
-    best = best_row.row.val_bpb if best_row else None
-    dirty = ws.is_dirty([cfg.editable])
-
-    n, log_path = allocate_log(folder / RUNS_RELDIR, commit)
-    if on_start is not None:
-        on_start(n, log_path)
-    started = _dt.datetime.now(_dt.timezone.utc)
-    env = {
-        "AUTORESEARCH_PROFILE": cfg.profile,
-        "AUTORESEARCH_SOURCE": cfg.source,
-        "AUTORESEARCH_TIME_BUDGET": f"{run_budget:g}",
-        "AUTORESEARCH_BACKEND": cfg.backend,
-    }
-    # Not strict: a person may run with uncommitted changes; what the run itself changes is undone.
-    compile_harness()
-    guard = WorkspaceGuard(folder, cfg.editable, log_path, strict=False)
-    guard.before()
-    result = run_script(script, cwd=folder, log_path=log_path, env=env, kill_after=run_kill, grace=grace,
-                        on_progress=on_progress, policy=TrustPolicy.for_config(cfg, run_budget))
-    damage = guard.after()
-    if damage and result.status != "interrupted":
-        result = reject(result, "workspace modified", "; ".join(damage))
-
-    message = description if description is not None else "baseline" if best is None else ws.commit_subject()
-    notes = [rejection_note(result.rejection)] if result.status == "rejected" else []
-    description = render_description(message, notes, budget=run_budget, full_budget=full_budget)
-    recorded: Optional[str] = None
-    rows_before = len(read_results(results_path))
-    if result.status == "interrupted":
-        note = "interrupted"
-    elif dirty:
-        note = f"{cfg.editable} has uncommitted changes (commit, then run again)"
-    else:
-        ok = result.status == "ok" and result.val_bpb is not None
-        recorded = decide("strict", best, [result.val_bpb if ok else None]).action
-        append_result(
-            results_path,
-            ResultRow(
-                commit=commit,
-                val_bpb=result.val_bpb if ok else 0.0,
-                memory_gb=result.memory_gb if ok else 0.0,
-                status=recorded,
-                description=description,
-            ),
-        )
-        if recorded == "keep":
-            note = "baseline of this branch" if best is None else f"improves on the best {best:.6f}"
-        elif recorded == "discard":
-            note = f"does not beat the best {best:.6f}"
-        elif result.status == "timeout":
-            note = f"killed at the hard limit ({run_kill:g} s)"
-        elif result.status == "rejected":
-            note = result.reason
-        else:
-            note = "the script ended without a val_bpb"
-
-    append_run_record(
-        runs_path,
-        {
-            # a "finished" record names its row (journal.join); one that wrote no row is a "run"
-            "event": "finished" if recorded else "run",
-            "kind": "run",
-            "time": started.isoformat(timespec="seconds"),
-            **({"row": rows_before + 1} if recorded else {}),
-            "number": n,
-            "started_at": started.isoformat(timespec="seconds"),
-            "tag": cfg.tag,
-            "branch": ws.branch,
-            "commit": commit,
-            "dirty": dirty,
-            "description": description,
-            "status": recorded or result.status,  # as the loop's records: the row's status
-            "run_status": result.status,
-            "recorded": recorded,
-            "val_bpb": result.val_bpb,
-            "memory_gb": result.memory_gb,
-            "seconds": round(result.seconds, 3),
-            "budget": run_budget,
-            "kill": run_kill,
-            "returncode": result.returncode,
-            "reason": result.reason,
-            "rejection": result.rejection or None,
-            "harness": result.harness,
-            "summary": result.summary,
-            "backend": cfg.backend,
-            "chip": result.summary.get("chip"),
-            "log": str(log_path.relative_to(folder)),
-        },
-    )
-    return RunOutcome(
-        number=n,
-        commit=commit,
-        result=result,
-        recorded=recorded,
-        note=note,
-        best_before=best,
-        description=description,
-        budget=run_budget,
-    )

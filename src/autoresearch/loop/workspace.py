@@ -188,6 +188,10 @@ class Workspace:
         run_git(self.repo, "commit", "-m", message, "--", *paths)
         return self.head_commit()
 
+    def show(self, rev: str, path: str) -> str:
+        """The text of `path` as committed at `rev`."""
+        return run_git(self.repo, "show", f"{rev}:{path}", strip=False)
+
     def reset_hard(self, commit: str) -> None:
         run_git(self.repo, "reset", "--hard", commit)
 

@@ -1,0 +1,319 @@
+"""One experiment, one code path: commit -> run (and any repeat run the keep rule asks
+for) -> judge -> row -> keep or reset -> record.
+
+`run_experiment` is the only code that does this. `ar run` calls it with no proposal
+(the commit is HEAD), the serial loop calls it once at a time, and each worker of the
+parallel loop calls it from its own thread and worktree. What differs between them is
+passed in, never overridden:
+
+- a `Checkout`: where the commit is made and what keep and discard mean (the workspace's
+  own checkout: discard resets the branch; a worker's worktree: keep fast-forwards the
+  branch; `ar run`: nothing moves, as in upstream's manual loop);
+- a `Runner`: how the script runs (a subprocess here, a worker's device, a Ray task);
+- the `Lab`: the journal (results.tsv and runs.jsonl), the settings, the events, and the
+  critical section in which a row, its git update and its record are written together.
+
+The order of writes, so that a kill -9 at any point loses nothing (loop/recovery.py):
+
+    runs.jsonl "proposing"   the intent (only with a proposal)
+    git commit               (the message is the one-line description)
+    runs.jsonl "started"     commit, parent, budget, backend, rows before it
+    run(s)                   each a runs.jsonl "run" record
+    results.tsv row          one durable append
+    keep or reset            (git)
+    runs.jsonl "finished"    names the row: row number, commit, budget, backend, notes, usage
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+from ..loop.guards import check_proposal
+from ..loop.keep import Decision, decide
+from ..loop.proposal import Proposal, Usage
+from ..loop.results import ResultRow
+from ..loop.runner import RunResult, rejected_run, rejection_note
+
+MAX_REAPPLY = 3  # re-applications of one experiment onto a moving best before it is discarded
+# ast.parse is not thread-safe on CPython 3.11 (concurrent calls can fail with "SystemError:
+# AST constructor recursion depth mismatch"; seen here on 3.11.7): the static check and the
+# offline proposer parse the script, so they take turns.
+PARSE_LOCK = threading.Lock()
+
+
+class Abandoned(Exception):
+    """The run was interrupted (Ctrl-C, a stop signal): no row; the scheduler stops."""
+
+    def __init__(self, kind: str, result: Optional[RunResult] = None):
+        super().__init__(kind)
+        self.result = result  # the interrupted run, when it returned one
+
+
+class StopRequested(BaseException):
+    """SIGTERM or SIGHUP: stop as Ctrl-C does (loop/signals.py raises it)."""
+
+
+INTERRUPTS = (KeyboardInterrupt, StopRequested, Abandoned)
+
+
+class Runner(Protocol):
+    """Runs the editable script as committed at `commit`."""
+
+    def run(self, commit: str, *, seed: Optional[int] = None, on_progress: Optional[Callable[[dict], None]] = None) -> RunResult:
+        """Status "interrupted" (or KeyboardInterrupt) when stopped by the user."""
+        ...
+
+
+class Checkout(Protocol):
+    """Where an experiment's commit lives and what keep and discard do to the branch."""
+
+    in_worktree: bool  # a worker's worktree: the branch only ever fast-forwards to a keep
+
+    def head(self) -> Optional[str]:
+        """The commit a new experiment starts from (the branch's best)."""
+        ...
+
+    def commit(self, parent: str, editable: str, text: str, message: str) -> Optional[str]:
+        """Commit `text` as `editable` on top of `parent`; None when it changes nothing."""
+        ...
+
+    def moved(self, parent: str) -> bool:
+        """The branch left `parent` while the experiment ran (another worker kept one)."""
+        ...
+
+    def keep(self, commit: str, parent: str) -> None: ...
+
+    def discard(self, commit: str, parent: str) -> None: ...
+
+    def abandon(self, commit: Optional[str], parent: str) -> None:
+        """Undo a commit whose experiment never finished."""
+        ...
+
+    def reapply(self, commit: str, onto: str, editable: str, message: str) -> tuple[Optional[str], str]:
+        """Re-apply `commit`'s change on `onto`: (new commit, "") or (None, why not)."""
+        ...
+
+    def show(self, rev: str, editable: str) -> str: ...
+
+
+class Lab(Protocol):
+    """What one experiment needs from its scheduler (loop/lab.py has it)."""
+
+    settings: "StepSettings"
+    lock: "threading.RLock"
+
+    def record(self, event: str, **fields) -> None: ...
+
+    def emit(self, kind: str, **fields) -> None: ...
+
+    def critical(self) -> "contextlib.AbstractContextManager": ...
+
+    def append_row(self, row: ResultRow) -> int:
+        """Append a row durably; its 1-based number."""
+        ...
+
+    def best(self) -> Optional[float]:
+        """The best to beat now (journal.best_entry of this budget and backend)."""
+        ...
+
+    def describe(self, message: str, *notes: str) -> str: ...
+
+    def new_log(self, commit: str) -> Path:
+        """A fresh log file for a run of `commit` (for one refused before it runs)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    editable: str  # the script that runs and is edited
+    budget: float
+    full_budget: float
+    backend: str
+    keep_rule: str
+    noise_runs: int  # seeds 1..noise_runs measure the noise floor; a confirmation uses the next one
+    proposer: Optional[str] = None
+
+
+@dataclass
+class Outcome:
+    """What an experiment came to; `status` is its row's: keep | discard | crash."""
+
+    status: str
+    value: Optional[float]
+    values: list
+    results: list[RunResult]
+    decision: Decision
+    commit: str  # the commit the row names (a re-applied one with several workers)
+    row: int
+    description: str
+    best_before: Optional[float]
+
+
+@dataclass
+class Plan:
+    xid: str
+    number: int
+    kind: str
+    message: str
+    usage: Usage
+    floor: Optional[float]
+    common: dict = field(default_factory=dict)  # fields of every record of this experiment
+    finished: bool = False
+
+
+def run_experiment(
+    lab: Lab,
+    checkout: Checkout,
+    runner: Runner,
+    proposal: Optional[Proposal] = None,
+    *,
+    number: int,
+    rows_before: int,
+    floor: Optional[float] = None,
+    kind: Optional[str] = None,
+    message: Optional[str] = None,
+    base: Optional[tuple[str, Optional[float]]] = None,
+) -> Optional[Outcome]:
+    """Run one experiment; None when the proposal turned out to change nothing.
+
+    With no `proposal` the commit is the checkout's HEAD (the baseline, `ar run`). `base`:
+    the parent and its best when the proposal was asked for (workers: the branch may have
+    moved since). An interrupt abandons it (its commit undone, an "abandoned" record, no row) and raises
+    Abandoned (or the interrupt itself) to the scheduler.
+    """
+    s = lab.settings
+    parent, best = base if base is not None else (checkout.head(), lab.best())
+    if parent is None:
+        from ..errors import ArError
+
+        raise ArError("the workspace has no commit yet; run `ar init <tag>` first")
+    kind = kind or ("experiment" if proposal is not None else "baseline")
+    usage = proposal.usage if proposal is not None else Usage()
+    message = " ".join((message or (proposal.description if proposal else kind)).split()) or "(no description)"
+    plan = Plan(uuid.uuid4().hex[:12], number, kind, message, usage, floor, dict(
+        experiment=number, message=message, description=lab.describe(message), proposer=s.proposer if proposal else None,
+        usage=usage.as_dict(), rows_before=rows_before, budget=s.budget, backend=s.backend, keep_rule=s.keep_rule,
+        worktree=checkout.in_worktree,  # recovery: a worktree's commit was never on the branch unless kept
+    ))
+    commit: Optional[str] = None
+    try:
+        refused = None
+        if proposal is None:
+            commit = parent
+        else:
+            with PARSE_LOCK:
+                refused = check_proposal(s.editable, checkout.show(parent, s.editable), proposal.new_text)
+            with lab.critical():
+                lab.record("proposing", id=plan.xid, parent=parent, **plan.common)
+                commit = checkout.commit(parent, s.editable, proposal.new_text, message)
+                if commit is None:  # the same bytes after all (line endings): nothing to run
+                    lab.record("abandoned", id=plan.xid, commit=None, parent=parent, reason="the proposal changed nothing")
+                    plan.finished = True
+                    return None
+        lab.record("started", id=plan.xid, kind=kind, commit=commit, parent=parent, **plan.common)
+        return _judge(lab, checkout, runner, plan, commit, parent, best, refused, attempt=0)
+    except BaseException as e:
+        if not plan.finished:
+            with lab.critical():
+                checkout.abandon(commit, parent)
+                why = "interrupted" if isinstance(e, INTERRUPTS) else f"error: {type(e).__name__}: {e}"
+                lab.record("abandoned", id=plan.xid, commit=commit, parent=parent, reason=why)
+            lab.emit("abandoned", commit=commit or "", note=why)
+        raise
+
+
+def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed: Optional[int],
+             refused: Optional[str] = None) -> RunResult:
+    """One run of `commit` with its events and "run" record (a refused one never runs)."""
+    s = lab.settings
+    lab.emit("run_started", number=plan.number, description=lab.describe(plan.message), commit=commit, run_kind=kind,
+             note=f"seed {seed}" if seed is not None else "")
+
+    def progress(fields: dict) -> None:
+        lab.emit("progress", number=plan.number, commit=commit, run_kind=kind, progress=fields)
+
+    if refused:
+        result = rejected_run(lab.new_log(commit), "static check", refused)
+    else:
+        try:
+            result = runner.run(commit, seed=seed, on_progress=progress)
+        except (KeyboardInterrupt, StopRequested):  # a runner that lets the interrupt through
+            raise Abandoned(kind) from None
+    lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status=result.status,
+               val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason,
+               returncode=result.returncode, budget=s.budget, backend=s.backend, log=str(result.log_path),
+               summary=result.summary, rejection=result.rejection or None)
+    lab.emit("run_finished", number=plan.number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
+    if result.status == "interrupted":
+        raise Abandoned(kind, result)
+    return result
+
+
+def _value(result: RunResult) -> Optional[float]:
+    return result.val_bpb if result.status == "ok" else None
+
+
+def _judge(lab: Lab, checkout: Checkout, runner: Runner, plan: Plan, commit: str, parent: str, best: Optional[float],
+           refused: Optional[str], attempt: int) -> Outcome:
+    """Run `commit` (built on `parent`, whose best was `best`), decide, and finish; a win over
+    a best that moved meanwhile is re-applied on the new best and judged again."""
+    s, floor = lab.settings, plan.floor
+    kind = plan.kind if attempt == 0 else "confirm"
+    results = [run_once(lab, runner, plan, commit, kind, None, refused)]
+    values = [_value(results[0])]
+    decision = decide(s.keep_rule, best, values, floor)
+    if decision.action == "confirm" and not checkout.moved(parent):
+        results.append(run_once(lab, runner, plan, commit, "confirm", s.noise_runs + 1))  # a seed the noise runs did not use
+        values.append(_value(results[-1]))
+        decision = decide(s.keep_rule, best, values, floor)
+    with lab.lock:
+        moved = decision.action in ("keep", "confirm") and checkout.moved(parent)
+        if not moved:
+            return _finish(lab, checkout, plan, commit, parent, decision, values, results, best)
+        onto, new_best = checkout.head(), lab.best()
+    # A win against an older best: re-apply it on the new best and run it again.
+    measured = f"{decision.value:.6f} on {parent[:7]}"
+    if attempt >= MAX_REAPPLY:
+        why = f"{measured}; the best moved {attempt + 1} times while it ran"
+        return _finish(lab, checkout, plan, commit, parent, Decision("discard", decision.value, why), values, results, best)
+    new, why = checkout.reapply(commit, onto, s.editable, plan.message)
+    lab.record("reapplied", id=plan.xid, commit=commit, parent=parent, onto=onto, new_commit=new, reason=why,
+               measured=decision.value)
+    if new is None:
+        return _finish(lab, checkout, plan, commit, parent, Decision("discard", decision.value, f"{measured}; {why}"), values,
+                       results, best, note=why)
+    lab.record("started", id=plan.xid, kind="confirm", commit=new, parent=onto, reapplied_from=commit, **plan.common)
+    with PARSE_LOCK:
+        refused = check_proposal(s.editable, checkout.show(onto, s.editable), checkout.show(new, s.editable))
+    return _judge(lab, checkout, runner, plan, new, onto, new_best, refused, attempt + 1)
+
+
+def _finish(lab: Lab, checkout: Checkout, plan: Plan, commit: str, parent: str, decision: Decision, values: list,
+            results: list[RunResult], best: Optional[float], note: str = "") -> Outcome:
+    """The row, the branch and the "finished" record, together (a signal waits; workers take turns)."""
+    status = decision.action
+    ok = status != "crash"
+    memory = max(r.memory_gb for r in results) if ok else 0.0
+    value = decision.value if ok else 0.0
+    rejected = next((r for r in results if r.status == "rejected"), None)
+    notes = [n for n in (note, rejection_note(rejected.rejection) if rejected else "") if n]
+    desc = lab.describe(plan.message, *notes)
+    with lab.critical():
+        row = lab.append_row(ResultRow(commit, value, memory, status, desc))
+        if status == "keep":
+            checkout.keep(commit, parent)
+        else:
+            checkout.discard(commit, parent)
+        lab.record(
+            "finished", id=plan.xid, kind=plan.kind, commit=commit, parent=parent, status=status, row=row,
+            val_bpb=value if ok else None, memory_gb=memory, decision=decision.reason, values=values, notes=notes,
+            best_before=best, best_after=(value if status == "keep" else best), noise_floor=plan.floor,
+            head=checkout.head(), **{**plan.common, "description": desc},
+        )
+        plan.finished = True
+    return Outcome(status, value if ok else None, values, results, decision, commit, row, desc, best)
