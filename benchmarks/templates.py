@@ -36,7 +36,7 @@ from autoresearch.data.context import RunContext
 from autoresearch.data.prepare import prepare_data
 from autoresearch.data.profiles import get_profile
 from autoresearch.errors import ArError
-from autoresearch.loop.summary import parse_progress, parse_summary
+from autoresearch.run.summary import parse_progress, parse_summary
 
 TEMPLATES = Path(str(resources.files("autoresearch") / "templates"))
 SHAPE_LINE = re.compile(r"^model: depth=(\d+) dim=(\d+) heads=(\d+) vocab=(\d+) seq_len=(\d+) device_batch=(\d+)", re.M)

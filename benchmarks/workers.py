@@ -33,14 +33,16 @@ from pathlib import Path
 
 def bench(root: Path, workers: int, budget: float, experiments: int) -> dict:
     from autoresearch.data.profiles import get_profile
-    from autoresearch.loop.config import RUNS_RELDIR, init_workspace, load_config
-    from autoresearch.loop.lab import LoopSettings
-    from autoresearch.loop.script_runner import ScriptRunner
+    from autoresearch.workspace.config import RUNS_RELDIR, load_config
+    from autoresearch.workspace.init import init_workspace
+    from autoresearch.experiment.lab import LoopSettings
+    from autoresearch.run.script import ScriptRunner
     from autoresearch.loop.serial import run_loop
-    from autoresearch.loop.parallel import make_executor, run_parallel
-    from autoresearch.loop.proposers.offline import OfflineProposer
-    from autoresearch.loop.results import read_results, read_run_records
-    from autoresearch.loop.workspace import Workspace
+    from autoresearch.executors.local import make_executor
+    from autoresearch.loop.parallel import run_parallel
+    from autoresearch.proposers.offline import OfflineProposer
+    from autoresearch.journal.files import read_results, read_run_records
+    from autoresearch.workspace.git import Workspace
 
     folder = root / f"workers{workers}"
     init_workspace(folder, f"bench{workers}", backend="cpu", profile="tiny", budget=budget, kill=budget * 10 + 120)

@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 pytest.importorskip("torch")
 
 from autoresearch.cli import app  # noqa: E402
-from autoresearch.loop.proposal import Proposal, ProposalContext  # noqa: E402
-from autoresearch.loop.results import read_results, read_run_records  # noqa: E402
+from autoresearch.proposers.base import Proposal, ProposalContext  # noqa: E402
+from autoresearch.journal.files import read_results, read_run_records  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -242,7 +242,7 @@ def attacked(prepared, tmp_path_factory):
     git(folder, "commit", "-q", "-am", "fast training script")
     proposer = ScriptedProposer(ATTACKS)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("autoresearch.loop.proposers.get_proposer", lambda *a, **k: proposer)
+        mp.setattr("autoresearch.proposers.get_proposer", lambda *a, **k: proposer)
         start = time.monotonic()
         res = runner.invoke(app, ["loop", "--dir", str(folder), "--max-experiments", str(len(ATTACKS)),
                                   "--keep-rule", "strict", "--proposer", "scripted"], env=env)
@@ -317,7 +317,7 @@ def test_sleeping_past_the_hard_kill_is_a_crash_and_the_loop_goes_on(attacked):
     before = read_results(folder / "results.tsv")
     proposer = ScriptedProposer([Attack("sleep past the kill", after(AFTER_CTX, "time.sleep(600)\n"), "")])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("autoresearch.loop.proposers.get_proposer", lambda *a, **k: proposer)
+        mp.setattr("autoresearch.proposers.get_proposer", lambda *a, **k: proposer)
         start = time.monotonic()
         res = CliRunner().invoke(app, ["loop", "--dir", str(folder), "--max-experiments", "1", "--keep-rule", "strict",
                                        "--kill", "4"], env=attacked.env)

@@ -18,10 +18,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.loop.lab import INTERRUPTED_NOTE, LoopEvent
-from autoresearch.loop.display import LiveDisplay, PlainDisplay
-from autoresearch.loop.results import read_results, read_run_records
-from autoresearch.loop.runner import RunResult
+from autoresearch.experiment.lab import INTERRUPTED_NOTE, LoopEvent
+from autoresearch.ui.display import LiveDisplay, PlainDisplay
+from autoresearch.journal.files import read_results, read_run_records
+from autoresearch.run.process import RunResult
 from fake_cache import fake_prepared_data
 
 # Fast stand-in for train.py: val_bpb depends on its constants (best at LR = 0.02, DEPTH = 5).

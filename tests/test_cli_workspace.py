@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 import autoresearch.backends as backends
 from autoresearch.cli import app
 from autoresearch.errors import ArError
-from autoresearch.loop import config as config_mod
-from autoresearch.loop.results import HEADER, read_results
+from autoresearch.workspace import init as config_mod  # where `ar init` reads the templates
+from autoresearch.journal.files import HEADER, read_results
 from fake_cache import fake_prepared_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,8 +67,8 @@ def templates(monkeypatch):
 def cli():
     runner = CliRunner()
 
-    def invoke(*args: str):
-        return runner.invoke(app, list(args), env={"COLUMNS": "120"})
+    def invoke(*args: str, env: dict | None = None):
+        return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120", **(env or {})})
 
     return invoke
 
@@ -329,3 +329,15 @@ def test_ctrl_c_on_ar_run_stops_training_and_records_nothing(tmp_path, cli):
     records = [json.loads(line) for line in (ws / ".autoresearch" / "runs" / "runs.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records] == ["started", "run", "abandoned"]
     assert records[1]["status"] == "interrupted" and records[2]["reason"] == "interrupted"
+
+
+@pytest.mark.parametrize("command", ["run", "loop"])
+def test_a_backend_that_is_not_installed_is_one_line_with_the_install_command(tmp_path, cli, monkeypatch, command):
+    assert cli("init", "b1", "--dir", str(tmp_path), "--backend", "cpu").exit_code == 0
+    fake_prepared_data(tmp_path / "cache")
+    monkeypatch.setitem(sys.modules, "mlx", None)  # as on a machine without MLX: find_spec says so
+    res = cli(command, "--dir", str(tmp_path), "--backend", "mlx")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip().count("\n") == 0 and "pip install 'autoresearch[mlx]'" in res.output, res.output
+    env = cli(command, "--dir", str(tmp_path), env={"AUTORESEARCH_BACKEND": "mlx"})  # the variable picks it too
+    assert env.exit_code == 1 and "autoresearch[mlx]" in env.output

@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.loop.lab import INTERRUPTED_NOTE
-from autoresearch.loop.results import read_results, read_run_records
+from autoresearch.experiment.lab import INTERRUPTED_NOTE
+from autoresearch.journal.files import read_results, read_run_records
 from fake_cache import fake_prepared_data
 
 # Fast stand-in for train.py that prints its own val_bpb. With ctl/hang present a

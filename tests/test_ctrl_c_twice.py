@@ -9,7 +9,7 @@ import time
 
 DRIVER = r"""
 import sys, pathlib
-from autoresearch.loop.runner import run_script
+from autoresearch.run.process import run_script
 work = pathlib.Path(sys.argv[1])
 script = work / "train.py"
 script.write_text(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoresearch.loop.edits import EditSession, closest_lines
+from autoresearch.proposers.edits import EditSession, closest_lines
 
 TRAIN = (
     "import math\n"

@@ -28,12 +28,14 @@ from autoresearch.data import integrity, mlx_io, profiles, torch_io  # noqa: E40
 from autoresearch.data.context import RunContext  # noqa: E402
 from autoresearch.data.loader import data_spec, validation_rows  # noqa: E402
 from autoresearch.errors import ArError  # noqa: E402
-from autoresearch.loop import guards  # noqa: E402
-from autoresearch.loop.containment import clean_env  # noqa: E402
-from autoresearch.loop.guards import WorkspaceGuard, check_editable, write_editable  # noqa: E402
-from autoresearch.loop.runner import run_script  # noqa: E402
-from autoresearch.loop.trust import Channel, TrustPolicy, judge  # noqa: E402
-from autoresearch.loop.workspace import Workspace  # noqa: E402
+from autoresearch.integrity import workspace_guard as guards  # noqa: E402
+from autoresearch.workspace.editable import editable_path  # noqa: E402
+from autoresearch.integrity.containment import clean_env  # noqa: E402
+from autoresearch.integrity.workspace_guard import WorkspaceGuard
+from autoresearch.workspace.editable import check_editable, write_editable  # noqa: E402
+from autoresearch.run.process import run_script  # noqa: E402
+from autoresearch.integrity.trust import Channel, TrustPolicy, judge  # noqa: E402
+from autoresearch.workspace.git import Workspace  # noqa: E402
 
 
 class TinyLM(torch.nn.Module):
@@ -442,7 +444,7 @@ def test_the_editable_file_is_never_a_symlink(repo, tmp_path):
     assert outside.read_text() == "secret\n" and not (repo / "train.py").is_symlink()
     assert (repo / "train.py").read_text() == "LR = 2\n"
     with pytest.raises(ArError, match="file name in the workspace"):
-        guards.editable_path(repo, "../train.py")
+        editable_path(repo, "../train.py")
 
 
 def test_a_changed_harness_rejects_the_run_and_stops_the_next(repo, tmp_path, monkeypatch):

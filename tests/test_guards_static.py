@@ -7,8 +7,8 @@ from importlib import resources
 
 import pytest
 
-from autoresearch.loop.edits import EditSession
-from autoresearch.loop.guards import check_proposal, findings
+from autoresearch.proposers.edits import EditSession
+from autoresearch.integrity.static_check import check_proposal, findings
 
 TEMPLATE = (resources.files("autoresearch") / "templates" / "train.py").read_text(encoding="utf-8")
 MLX_TEMPLATE = (resources.files("autoresearch") / "templates" / "train_mlx.py").read_text(encoding="utf-8")

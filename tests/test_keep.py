@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.keep import decide, noise_floor
+from autoresearch.experiment.keep import decide, noise_floor
 
 
 def test_noise_floor_is_the_spread_of_repeated_runs():

@@ -11,14 +11,14 @@ from typing import Optional
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.lab import INTERRUPTED_NOTE, Lab, LoopSettings
-from autoresearch.loop.recovery import recover
+from autoresearch.experiment.lab import INTERRUPTED_NOTE, Lab, LoopSettings
+from autoresearch.experiment.recovery import recover
 from autoresearch.loop.serial import run_loop
-from autoresearch.loop.journal import best_entry, budget_key, history
-from autoresearch.loop.proposal import NoProposal, Proposal, Usage
-from autoresearch.loop.results import ResultRow, append_result, append_run_record, read_results, read_run_records
-from autoresearch.loop.runner import RunResult
-from autoresearch.loop.workspace import Workspace
+from autoresearch.journal.queries import best_entry, budget_key, history
+from autoresearch.proposers.base import NoProposal, Proposal, Usage
+from autoresearch.journal.files import ResultRow, append_result, append_run_record, read_results, read_run_records
+from autoresearch.run.process import RunResult
+from autoresearch.workspace.git import Workspace
 
 SCRIPT = "import os\nLR = 0.04  # learning rate\nWD = 0.1\n"
 
@@ -393,7 +393,7 @@ def test_stop_signals_wait_for_a_critical_step_to_finish():
     import os
     import signal
 
-    from autoresearch.loop.signals import Signals as _Signals, StopRequested
+    from autoresearch.experiment.signals import Signals as _Signals, StopRequested
 
     done = []
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)

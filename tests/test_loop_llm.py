@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from fake_llm_server import FakeLLMServer, anthropic_error, anthropic_text, anthropic_tool_use
 
-from autoresearch.loop.lab import LoopSettings
-from autoresearch.loop.script_runner import ScriptRunner
+from autoresearch.experiment.lab import LoopSettings
+from autoresearch.run.script import ScriptRunner
 from autoresearch.loop.serial import run_loop
-from autoresearch.loop.pricing import cost_usd
-from autoresearch.loop.proposal import Usage
-from autoresearch.loop.proposers.anthropic import DEFAULT_MODEL, AnthropicProposer
-from autoresearch.loop.proposers.common import RetryPolicy
-from autoresearch.loop.results import read_results, read_run_records
-from autoresearch.loop.workspace import Workspace
+from autoresearch.proposers.pricing import cost_usd
+from autoresearch.proposers.base import Usage
+from autoresearch.proposers.anthropic import DEFAULT_MODEL, AnthropicProposer
+from autoresearch.proposers.common import RetryPolicy
+from autoresearch.journal.files import read_results, read_run_records
+from autoresearch.workspace.git import Workspace
 
 # Fast stand-in for train.py: val_bpb is best at LR = 0.02; CRASH = 1 dies like a real OOM.
 FAKE_TRAIN = """\

@@ -7,8 +7,8 @@ import difflib
 
 import pytest
 
-from autoresearch.loop.proposal import HistoryItem, NoProposal, ProposalContext
-from autoresearch.loop.proposers.offline import OfflineProposer, find_constants, moves, number_of
+from autoresearch.proposers.base import HistoryItem, NoProposal, ProposalContext
+from autoresearch.proposers.offline import OfflineProposer, find_constants, moves, number_of
 
 SCRIPT = '''"""A training script (é: not ASCII, so ast's byte columns differ from characters)."""
 import os
@@ -151,9 +151,9 @@ def test_skip_list_is_respected():
 @pytest.mark.parametrize("script", ["train.py", "train_mlx.py"])
 def test_against_the_shipped_templates_depth_moves_within_ten_proposals(tmp_path, script):
     # The real templates as `ar init` writes them (literal dials), not a hand-written script.
-    from autoresearch.loop.config import init_workspace
-    from autoresearch.loop.proposal import HistoryItem, ProposalContext
-    from autoresearch.loop.proposers.offline import OfflineProposer
+    from autoresearch.workspace.init import init_workspace
+    from autoresearch.proposers.base import HistoryItem, ProposalContext
+    from autoresearch.proposers.offline import OfflineProposer
 
     init_workspace(tmp_path, "t", backend="cpu")
     text = (tmp_path / script).read_text()

@@ -12,15 +12,17 @@ from pathlib import Path
 import pytest
 
 from autoresearch.experiment.once import run_once
-from autoresearch.loop.config import init_workspace, load_config
-from autoresearch.loop.journal import workspace_view
-from autoresearch.loop.lab import LoopSettings
-from autoresearch.loop.parallel import make_executor, run_parallel
-from autoresearch.loop.proposal import NoProposal, Proposal
-from autoresearch.loop.results import read_results, read_run_records
-from autoresearch.loop.script_runner import ScriptRunner
+from autoresearch.workspace.config import load_config
+from autoresearch.workspace.init import init_workspace
+from autoresearch.ui.view import workspace_view
+from autoresearch.experiment.lab import LoopSettings
+from autoresearch.executors.local import make_executor
+from autoresearch.loop.parallel import run_parallel
+from autoresearch.proposers.base import NoProposal, Proposal
+from autoresearch.journal.files import read_results, read_run_records
+from autoresearch.run.script import ScriptRunner
 from autoresearch.loop.serial import run_loop
-from autoresearch.loop.workspace import Workspace
+from autoresearch.workspace.git import Workspace
 from fake_cache import fake_prepared_data
 
 # val_bpb is a sum of independent terms, so a change's effect does not depend on which

@@ -20,15 +20,16 @@ from typer.testing import CliRunner
 from autoresearch.backends.detect import GpuDevice, Hardware
 from autoresearch.cli import app
 from autoresearch.errors import ArError
-from autoresearch.loop.lab import INTERRUPTED_NOTE, LoopSettings
-from autoresearch.loop.journal import workspace_view
-from autoresearch.loop.parallel import plan_workers, run_parallel
-from autoresearch.loop.proposal import HistoryItem, NoProposal, Proposal, ProposalContext
-from autoresearch.loop.proposers.offline import OfflineProposer
-from autoresearch.loop.results import read_results, read_run_records
-from autoresearch.loop.runner import RunResult, allocate_log
-from autoresearch.loop.workspace import Workspace
-from autoresearch.loop.worktrees import WORKTREES_RELDIR, WorktreePool, merge3, prune_stale_worktrees
+from autoresearch.experiment.lab import INTERRUPTED_NOTE, LoopSettings
+from autoresearch.ui.view import workspace_view
+from autoresearch.executors.devices import plan_workers
+from autoresearch.loop.parallel import run_parallel
+from autoresearch.proposers.base import HistoryItem, NoProposal, Proposal, ProposalContext
+from autoresearch.proposers.offline import OfflineProposer
+from autoresearch.journal.files import read_results, read_run_records
+from autoresearch.run.process import RunResult, allocate_log
+from autoresearch.workspace.git import Workspace
+from autoresearch.workspace.worktrees import WORKTREES_RELDIR, WorktreePool, merge3, prune_stale_worktrees
 from fake_cache import fake_prepared_data
 
 # Fast stand-in for train.py: val_bpb depends on its constants (best at LR 0.02, DEPTH 5,
@@ -202,7 +203,7 @@ def test_worktrees_are_ignored_owned_and_pruned_after_a_dead_owner(ws):
     assert worktree_paths(ws) == [f"worktree {ws}"] and not (ws / WORKTREES_RELDIR).exists()
 
     # A process that dies with its worktrees (kill -9): the next start removes them.
-    code = ("import os, sys; from pathlib import Path; from autoresearch.loop.worktrees import WorktreePool; "
+    code = ("import os, sys; from pathlib import Path; from autoresearch.workspace.worktrees import WorktreePool; "
             "p = WorktreePool(Path(sys.argv[1])); p.claim(); p.create(2, sys.argv[2]); print('ready', flush=True); "
             "os.kill(os.getpid(), 9)")
     proc = subprocess.run([sys.executable, "-c", code, str(ws), head], capture_output=True, text=True, timeout=60)
@@ -359,8 +360,8 @@ def test_the_live_view_shows_one_line_per_worker():
 
     from rich.console import Console
 
-    from autoresearch.loop.lab import LoopEvent
-    from autoresearch.loop.display import LiveDisplay, PlainDisplay
+    from autoresearch.experiment.lab import LoopEvent
+    from autoresearch.ui.display import LiveDisplay, PlainDisplay
 
     events = [
         LoopEvent("resumed", number=1, best=1.5),
@@ -523,7 +524,7 @@ def test_ray_executor_needs_ray_and_says_so(ws, cli, monkeypatch):
 
 def test_the_node_check_names_what_a_node_lacks(ws, monkeypatch):
     from autoresearch import __version__
-    from autoresearch.loop.ray_executor import node_check_fn
+    from autoresearch.executors.ray import node_check_fn
 
     check = node_check_fn()
     config = (ws / ".autoresearch" / "config.toml").read_text()

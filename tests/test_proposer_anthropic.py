@@ -15,11 +15,11 @@ from fake_llm_server import (
 )
 
 from autoresearch.errors import ArError
-from autoresearch.loop.pricing import cost_usd, price_of
-from autoresearch.loop.proposal import HistoryItem, NoProposal, ProposalContext, Usage
-from autoresearch.loop.proposers import default_proposer_name, get_proposer
-from autoresearch.loop.proposers.anthropic import DEFAULT_MODEL, TOOL_TYPE, AnthropicProposer
-from autoresearch.loop.proposers.common import RetryPolicy
+from autoresearch.proposers.pricing import cost_usd, price_of
+from autoresearch.proposers.base import HistoryItem, NoProposal, ProposalContext, Usage
+from autoresearch.proposers import default_proposer_name, get_proposer
+from autoresearch.proposers.anthropic import DEFAULT_MODEL, TOOL_TYPE, AnthropicProposer
+from autoresearch.proposers.common import RetryPolicy
 
 TRAIN = "import math\n\nLR = 0.02\nDEPTH = 8\n\n\ndef main():\n    print(LR * DEPTH)\n"
 PROGRAM = "# autoresearch\nGet the lowest val_bpb by editing train.py."
@@ -274,7 +274,7 @@ def test_get_proposer_passes_model_and_base_url(monkeypatch):
 
 
 def test_offline_is_available_by_name():
-    pytest.importorskip("autoresearch.loop.proposers.offline")
+    pytest.importorskip("autoresearch.proposers.offline")
     assert get_proposer("offline").name == "offline"
 
 

@@ -9,11 +9,11 @@ import pytest
 from fake_llm_server import FakeLLMServer, openai_completion, openai_error, openai_text, openai_tool_call
 
 from autoresearch.errors import ArError
-from autoresearch.loop.proposal import HistoryItem, NoProposal, ProposalContext
-from autoresearch.loop.proposers import get_proposer
-from autoresearch.loop.proposers.common import RetryPolicy
-from autoresearch.loop.proposers.openai import OpenAIProposer
-from autoresearch.loop.proposers.prompt import format_history, parse_description, system_prompt, user_prompt
+from autoresearch.proposers.base import HistoryItem, NoProposal, ProposalContext
+from autoresearch.proposers import get_proposer
+from autoresearch.proposers.common import RetryPolicy
+from autoresearch.proposers.openai import OpenAIProposer
+from autoresearch.proposers.prompt import format_history, parse_description, system_prompt, user_prompt
 
 TRAIN = "import math\n\nLR = 0.02\nDEPTH = 8\n\n\ndef main():\n    print(LR * DEPTH)\n"
 PROGRAM = "# autoresearch\nGet the lowest val_bpb by editing train.py."

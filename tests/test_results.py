@@ -8,7 +8,7 @@ import os
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.results import (
+from autoresearch.journal.files import (
     HEADER,
     ResultRow,
     append_result,
@@ -17,8 +17,9 @@ from autoresearch.loop.results import (
     read_results,
     read_run_records,
 )
-from autoresearch.loop.journal import View, best_before, best_entry, join, summarize
-from autoresearch.plot import plot_progress
+from autoresearch.journal.queries import best_before, best_entry, join, summarize
+from autoresearch.ui.view import View
+from autoresearch.ui.plot import plot_progress
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.loop.results import HEADER
+from autoresearch.journal.files import HEADER
 
 
 def test_results_show_cost_per_experiment_and_total(tmp_path):

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import ArError
-from autoresearch.loop.config import WorkspaceConfig, write_config
-from autoresearch.loop.results import read_results, read_run_records
-from autoresearch.loop.journal import history
+from autoresearch.workspace.config import WorkspaceConfig, write_config
+from autoresearch.journal.files import read_results, read_run_records
+from autoresearch.journal.queries import history
 from autoresearch.experiment.once import run_once
-from autoresearch.loop.runner import allocate_log, run_script
-from autoresearch.loop.summary import last_error_line, parse_progress, parse_summary
-from autoresearch.loop.workspace import Workspace
+from autoresearch.run.process import allocate_log, run_script
+from autoresearch.run.summary import last_error_line, parse_progress, parse_summary
+from autoresearch.workspace.git import Workspace
 from fake_cache import fake_prepared_data
 
 SUMMARY = """\
@@ -223,7 +223,7 @@ def test_ctrl_c_stops_the_run_and_leaves_no_orphan(tmp_path):
             f"""\
             import json
             from pathlib import Path
-            from autoresearch.loop.runner import run_script
+            from autoresearch.run.process import run_script
             res = run_script(Path({str(script)!r}), cwd=Path({str(tmp_path)!r}),
                              log_path=Path({str(tmp_path / 'r.log')!r}), kill_after=60, grace=0.5)
             print(json.dumps({{"status": res.status, "reason": res.reason}}))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.loop.results import read_results, read_run_records
+from autoresearch.journal.files import read_results, read_run_records
 
 AR = [sys.executable, "-c", "from autoresearch.cli import app; app()"]
 

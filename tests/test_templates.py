@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.loop.summary import SUMMARY_KEYS, parse_progress, parse_summary
+from autoresearch.run.summary import SUMMARY_KEYS, parse_progress, parse_summary
 
 TEMPLATES = Path(str(resources.files("autoresearch") / "templates"))
 BUDGET_S = 8  # training seconds per run: enough for clear learning on 2 CPU cores
@@ -145,7 +145,7 @@ def test_program_md_at_the_repository_root_is_the_one_ar_init_ships():
     # The design card stands at the root, as upstream has it; the package ships the same text.
     from pathlib import Path
 
-    from autoresearch.loop.config import template_bytes
+    from autoresearch.workspace.config import template_bytes
 
     root = Path(__file__).resolve().parents[1] / "program.md"
     assert root.read_bytes() == template_bytes("program.md"), "copy src/autoresearch/templates/program.md to program.md"

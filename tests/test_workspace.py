@@ -13,9 +13,10 @@ import pytest
 import autoresearch.backends as backends
 from autoresearch.data.context import load_context, read_workspace_config
 from autoresearch.errors import ArError
-from autoresearch.loop import config as config_mod
-from autoresearch.loop.config import WorkspaceConfig, init_workspace, load_config, write_config
-from autoresearch.loop.workspace import FALLBACK_EMAIL, Workspace, git_output, valid_branch_name
+from autoresearch.workspace import init as config_mod  # where `ar init` reads the templates
+from autoresearch.workspace.config import WorkspaceConfig, load_config, write_config
+from autoresearch.workspace.init import init_workspace
+from autoresearch.workspace.git import FALLBACK_EMAIL, Workspace, git_output, valid_branch_name
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 
-from .errors import ArError
+from autoresearch.errors import ArError
 
 app = typer.Typer(
     name="ar",
@@ -119,8 +119,8 @@ def prepare(
     The cache is ~/.cache/autoresearch, or AUTORESEARCH_CACHE. Running it twice does nothing
     the second time.
     """
-    from .data.prepare import prepare_data
-    from .data.profiles import get_profile
+    from autoresearch.data.prepare import prepare_data
+    from autoresearch.data.profiles import get_profile
 
     with user_errors():
         prof = get_profile(profile)
@@ -140,8 +140,8 @@ def hardware(
     profile: str = typer.Option("tiny", "--profile", "-p", help="Profile to suggest a configuration for."),
 ) -> None:
     """Show the detected hardware, the backend that would be chosen and the suggested model size."""
-    from .backends import choose_backend, detect_hardware, peak_flops, suggest_config
-    from .data.profiles import get_profile
+    from autoresearch.backends import choose_backend, detect_hardware, peak_flops, suggest_config
+    from autoresearch.data.profiles import get_profile
 
     with user_errors():
         prof = get_profile(profile)
@@ -188,7 +188,7 @@ def init(
     results.tsv is archived as results-<old tag>.tsv. Files that already exist are never
     overwritten. Run again with the same tag, it checks the branch out and resumes.
     """
-    from .loop.config import init_workspace
+    from autoresearch.workspace.init import init_workspace
 
     with user_errors():
         report = init_workspace(folder, tag, backend=backend, profile=profile, source=source, source_path=path,
@@ -262,7 +262,7 @@ def run(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .experiment.once import run_once
+    from autoresearch.experiment.once import run_once
 
     bar = Progress(
         TextColumn("{task.description}"),
@@ -323,75 +323,18 @@ def results(
     last: Optional[int] = typer.Option(None, "--last", "-n", min=1, help="Show only the last N rows (the summary covers all)."),
 ) -> None:
     """Show results.tsv: every experiment, its change against the best before it, and a summary."""
-    import json
-
-    from .loop.journal import TABLE_COLUMNS, table_rows, workspace_view
+    from autoresearch.ui.table import results_json, results_text
+    from autoresearch.ui.view import workspace_view
 
     with user_errors():
         view = workspace_view(folder)
-    entries, before = view.entries, view.best_before()
-    summary = view.summary()
-    ran_on = {e.number: e.worker for e in entries if e.worker}  # `ar loop --workers`: who ran what
-    spent = {e.number: e.usage for e in entries if e.usage and any(e.usage.values())}  # LLM tokens and cost
-    several = len(view.backends) > 1  # rows of different backends are never compared: say which is which
-    total_cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
-    total_tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in ("input_tokens", "output_tokens", "cache_read_tokens")}
     if as_json:
-        out = [
-            {"n": e.number, **e.row.as_dict(), "best_before": b,
-             "delta": (e.row.val_bpb - b) if b is not None and e.row.status != "crash" else None,
-             "budget": float(e.budget), "backend": e.backend or None,
-             **({"worker": ran_on.get(e.number)} if ran_on else {}),
-             "usage": spent.get(e.number)}
-            for e, b in zip(entries, before)
-        ]
-        llm = {**total_tokens, "cost_usd": round(total_cost, 6)}
-        typer.echo(json.dumps({"rows": out, "summary": {**summary.as_dict(), "llm": llm}}, indent=1))
+        typer.echo(results_json(view))
         return
-    from rich.text import Text
-
-    # One Text with fixed-width columns instead of a rich Table: same look, and 10,000
-    # rows render in a fraction of a second.
-    cells = table_rows(entries, before)
-    columns = TABLE_COLUMNS
-    extra = [("backend", lambda e: e.backend)] if several else []
-    if ran_on:  # a worker column before the description
-        extra.append(("worker", lambda e: e.worker))
-    if spent:  # a cost column before the description
-        extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))
-    for name, cell in extra:
-        columns = columns[:-1] + (name,) + columns[-1:]
-        cells = [c[:-1] + (cell(e),) + c[-1:] for c, e in zip(cells, entries)]
-    cells = cells[-last:] if last else cells
-    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
-    right = {0, 2, 3, 4}
-    status_style = {"keep": "green", "discard": "bright_black", "crash": "red"}
-    text = Text(no_wrap=True, overflow="ellipsis")
-    for k, name in enumerate(columns[:-1]):
-        text.append((name.rjust if k in right else name.ljust)(widths[k]) + "  ", style="bold")
-    text.append(columns[-1] + "\n", style="bold")
-    for c in cells:
-        for k in range(len(columns) - 1):
-            style = status_style[c[5]] if k == 5 else None
-            if k == 3 and c[3].strip("+-0."):  # a nonzero change: green is better
-                style = "green" if c[3].startswith("-") else "red"
-            text.append((c[k].rjust if k in right else c[k].ljust)(widths[k]), style=style)
-            text.append("  ")
-        text.append(c[-1] + "\n")
-    text.rstrip()
-    console.print(text, no_wrap=True, overflow="ellipsis", highlight=False)
-    line = f"{summary.experiments} experiments, {summary.kept} kept, {summary.discarded} discarded, {summary.crashed} crashed"
-    if summary.baseline is not None:
-        group = f" ({summary.key[1]}, {summary.key[0]} s)" if several and summary.key else ""
-        line += f"; baseline {summary.baseline:.6f} -> best {summary.best:.6f}{group}"
-        line += f" ({-summary.improvement:+.6f}, {-summary.improvement_pct:+.2f}%)"
-    console.print(line, highlight=False)
-    if spent:
-        console.print(
-            f"LLM: {total_tokens['input_tokens']:,} input, {total_tokens['output_tokens']:,} output, "
-            f"{total_tokens['cache_read_tokens']:,} cached tokens; ${total_cost:.2f} in total",
-            highlight=False,
-        )
+    table, lines = results_text(view, last)
+    console.print(table, no_wrap=True, overflow="ellipsis", highlight=False)
+    for line in lines:
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -400,21 +343,13 @@ def plot(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: progress.png in the workspace)."),
 ) -> None:
     """Draw val_bpb over the experiments: kept ones green and labelled, the running best, crashes."""
-    from .loop.journal import workspace_view
-    from .plot import plot_progress
+    from autoresearch.ui.view import workspace_view
+    from autoresearch.ui.plot import plot_progress
 
     with user_errors():
         view = workspace_view(folder)
         path = plot_progress(view, out or folder / "progress.png")
     console.print(f"wrote {path} ({len(view.entries)} experiments)", highlight=False)
-
-
-def _hardware_line(backend: str) -> str:
-    """One line about this machine for the proposer."""
-    from .backends import detect_hardware
-
-    described = detect_hardware().describe()
-    return ", ".join(f"{k} {v}" for k, v in described.items()) + f"; backend {backend}"
 
 
 @app.command()
@@ -469,55 +404,18 @@ def loop(
 
     Exit code: 0 when a limit stopped it, 130 when interrupted.
     """
-    from .data.profiles import get_profile
-    from .loop.config import check_limits, load_config, parse_seconds
-    from .loop.lab import LoopSettings
-    from .loop.script_runner import ScriptRunner
-    from .loop.serial import run_loop
-    from .loop.display import make_display
-    from .loop.keep import NOISE_RUNS, check_rule
-    from .loop.proposers import get_proposer
-    from .loop.workspace import Workspace
+    from autoresearch.experiment.keep import NOISE_RUNS
+    from autoresearch.session import open_loop
+    from autoresearch.ui.display import make_display
 
     with user_errors():
-        folder = folder.resolve()
-        cfg = load_config(folder)
-        check_rule(keep_rule)
-        run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
-        run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
-        check_limits(run_budget, run_kill)
-        full_budget, cfg = cfg.budget, cfg.for_backend(backend)
-        if executor == "local":  # with Ray the nodes run everything; their data is checked on each
-            cfg.run_context().check_prepared()
-        ws = Workspace.open(folder)
-        if ws.branch is None:
-            raise ArError(f"{folder} is on a detached HEAD; check out the run's branch (autoresearch/{cfg.tag}) first")
-        chosen = get_proposer(proposer, model=model, base_url=base_url)
-        prof = get_profile(cfg.profile)
-        settings = LoopSettings(
-            editable=cfg.editable,
-            budget=run_budget,
-            full_budget=full_budget,
-            backend=cfg.backend,
-            keep_rule=keep_rule,
-            max_experiments=max_experiments,
-            max_hours=max_hours,
-            max_cost=max_cost,
-            hardware=_hardware_line(cfg.backend),
-            profile=f"{prof.name}: MAX_SEQ_LEN={prof.max_seq_len} TIME_BUDGET={run_budget:g} s "
-            f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",
+        session = open_loop(
+            folder, proposer=proposer, model=model, base_url=base_url, backend=backend, keep_rule=keep_rule,
+            budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
+            workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
         )
-        runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill)
-        parallel = workers > 1 or executor != "local"
-        if parallel:  # worktrees per worker; see autoresearch/loop/parallel.py
-            from .loop.parallel import make_executor, run_parallel
-
-            pool = make_executor(folder, cfg, runner, workers=workers, executor=executor, ray_address=ray_address, force=force_workers)
-        else:
-            from .loop.worktrees import prune_stale_worktrees
-
-            prune_stale_worktrees(folder)  # left by a dead `ar loop --workers`
-
+    cfg, s, ws, chosen = session.cfg, session.settings, session.workspace, session.proposer
+    folder, run_budget, full_budget, run_kill = session.folder, s.budget, s.full_budget, session.runner.kill
     console.print(f"ar loop on [bold]{ws.branch}[/] in {folder}", highlight=False)
     console.print(f"  proposer:  {chosen.name}", highlight=False)
     if proposer is None and chosen.name == "offline":
@@ -540,14 +438,11 @@ def loop(
               f"{max_hours:g} hours" if max_hours is not None else "",
               f"${max_cost:g}" if max_cost is not None else ""]
     console.print(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}", highlight=False)
-    if parallel:
-        console.print(f"  workers:   {pool.describe()}", highlight=False, soft_wrap=True)
+    if session.parallel:
+        console.print(f"  workers:   {session.executor.describe()}", highlight=False, soft_wrap=True)
 
     with user_errors(), make_display(console) as display:
-        if parallel:
-            report = run_parallel(ws, chosen, pool, settings, workers=workers, on_event=display)
-        else:
-            report = run_loop(ws, chosen, runner, settings, on_event=display)
+        report = session.run(on_event=display)
     line = f"{report.experiments} experiments, {report.kept} kept, {report.crashed} crashed"
     if report.baseline_run:
         line += " (and the baseline)"

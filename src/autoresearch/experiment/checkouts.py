@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..loop.guards import write_editable
-from ..loop.workspace import Workspace
-from ..loop.worktrees import Worktree
+from autoresearch.workspace.editable import write_editable
+from autoresearch.workspace.git import Workspace
+from autoresearch.workspace.worktrees import Worktree
 
 
 class InPlace:

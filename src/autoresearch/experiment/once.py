@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..errors import ArError
-from ..loop.config import RUNS_RELDIR, check_limits, load_config, parse_seconds
-from ..loop.keep import DEFAULT_KEEP_RULE, check_rule
-from ..loop.lab import EventFn, Lab, LoopSettings
-from ..loop.recovery import recover
-from ..loop.runner import RunResult, allocate_log, reject, run_script
-from ..loop.script_runner import ScriptRunner
-from ..loop.workspace import Workspace
-from .checkouts import InPlace
-from .step import INTERRUPTS, Abandoned, run_experiment
+from autoresearch.errors import ArError
+from autoresearch.workspace.config import RUNS_RELDIR, check_limits, load_config, parse_seconds
+from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, check_rule
+from autoresearch.experiment.lab import EventFn, Lab, LoopSettings
+from autoresearch.experiment.recovery import recover
+from autoresearch.run.process import RunResult, allocate_log, reject, run_script
+from autoresearch.run.script import ScriptRunner
+from autoresearch.workspace.git import Workspace
+from autoresearch.experiment.checkouts import InPlace
+from autoresearch.experiment.step import INTERRUPTS, Abandoned, run_experiment
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _nothing(lab: Lab, commit: str) -> RunResult:
 
 def _dirty_run(lab: Lab, runner: ScriptRunner, editable: str, commit: str, best: Optional[float], message: str) -> RunOutcome:
     """Run a script with uncommitted changes; what the run itself changes is still undone."""
-    from ..loop.guards import WorkspaceGuard, compile_harness
+    from autoresearch.integrity.workspace_guard import WorkspaceGuard, compile_harness
 
     _, log_path = allocate_log(lab.folder / RUNS_RELDIR, commit)
     compile_harness()

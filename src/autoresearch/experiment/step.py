@@ -13,7 +13,7 @@ passed in, never overridden:
 - the `Lab`: the journal (results.tsv and runs.jsonl), the settings, the events, and the
   critical section in which a row, its git update and its record are written together.
 
-The order of writes, so that a kill -9 at any point loses nothing (loop/recovery.py):
+The order of writes, so that a kill -9 at any point loses nothing (experiment/recovery.py):
 
     runs.jsonl "proposing"   the intent (only with a proposal)
     git commit               (the message is the one-line description)
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from ..loop.guards import check_proposal
-from ..loop.keep import Decision, decide
-from ..loop.proposal import Proposal, Usage
-from ..loop.results import ResultRow
-from ..loop.runner import RunResult, rejected_run, rejection_note
+from autoresearch.integrity.static_check import check_proposal
+from autoresearch.experiment.keep import Decision, decide
+from autoresearch.proposers.base import Proposal, Usage
+from autoresearch.journal.files import ResultRow
+from autoresearch.run.process import RunResult, rejected_run, rejection_note
 
 MAX_REAPPLY = 3  # re-applications of one experiment onto a moving best before it is discarded
 # ast.parse is not thread-safe on CPython 3.11 (concurrent calls can fail with "SystemError:
@@ -55,7 +55,7 @@ class Abandoned(Exception):
 
 
 class StopRequested(BaseException):
-    """SIGTERM or SIGHUP: stop as Ctrl-C does (loop/signals.py raises it)."""
+    """SIGTERM or SIGHUP: stop as Ctrl-C does (experiment/signals.py raises it)."""
 
 
 INTERRUPTS = (KeyboardInterrupt, StopRequested, Abandoned)
@@ -102,7 +102,7 @@ class Checkout(Protocol):
 
 
 class Lab(Protocol):
-    """What one experiment needs from its scheduler (loop/lab.py has it)."""
+    """What one experiment needs from its scheduler (experiment/lab.py has it)."""
 
     settings: "StepSettings"
     lock: "threading.RLock"
@@ -164,6 +164,7 @@ class Plan:
     floor: Optional[float]
     common: dict = field(default_factory=dict)  # fields of every record of this experiment
     finished: bool = False
+    seeds: list = field(default_factory=list)  # AUTORESEARCH_SEED of each run (None: the script's own)
 
 
 def run_experiment(
@@ -189,7 +190,7 @@ def run_experiment(
     s = lab.settings
     parent, best = base if base is not None else (checkout.head(), lab.best())
     if parent is None:
-        from ..errors import ArError
+        from autoresearch.errors import ArError
 
         raise ArError("the workspace has no commit yet; run `ar init <tag>` first")
     kind = kind or ("experiment" if proposal is not None else "baseline")
@@ -237,6 +238,7 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
     def progress(fields: dict) -> None:
         lab.emit("progress", number=plan.number, commit=commit, run_kind=kind, progress=fields)
 
+    plan.seeds.append(seed)
     if refused:
         result = rejected_run(lab.new_log(commit), "static check", refused)
     else:
@@ -312,6 +314,7 @@ def _finish(lab: Lab, checkout: Checkout, plan: Plan, commit: str, parent: str, 
         lab.record(
             "finished", id=plan.xid, kind=plan.kind, commit=commit, parent=parent, status=status, row=row,
             val_bpb=value if ok else None, memory_gb=memory, decision=decision.reason, values=values, notes=notes,
+            seeds=plan.seeds, seconds=round(sum(r.seconds for r in results), 3),
             best_before=best, best_after=(value if status == "keep" else best), noise_floor=plan.floor,
             head=checkout.head(), **{**plan.common, "description": desc},
         )

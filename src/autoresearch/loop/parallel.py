@@ -1,16 +1,17 @@
 """`ar loop --workers N`: up to N experiments in flight, one truth in results.tsv and git.
 
-The orchestrator is this process. `ParallelLoop` is the one-worker `Loop` of core.py
-with the experiment step run by N worker threads; it reuses the loop's recovery on
-start, keep rule (`keep.decide`), records, baseline and noise-floor runs.
+The orchestrator is this process. `ParallelLoop` is a scheduler: N worker threads each
+propose and call the one experiment function (experiment/step.py: run_experiment) with
+their own worktree (experiment/checkouts.py: InWorktree) and executor; the baseline, the
+noise floor, recovery and the report are shared with the serial loop (loop/phases.py).
 
 Where things run:
 
 - Each worker owns a git worktree `.autoresearch/worktrees/w<i>` (worktrees.py) on a
   detached HEAD. It commits its proposal there on top of the best commit and runs the
-  script there through an executor: `LocalExecutor` (a subprocess on this machine with
+  script there through an executor (executors/): `LocalExecutor` (a subprocess on this machine with
   the worker's device: one GPU each via CUDA_VISIBLE_DEVICES, or an even share of the
-  CPU threads via OMP_NUM_THREADS / MKL_NUM_THREADS) or `RayExecutor` (ray_executor.py:
+  CPU threads via OMP_NUM_THREADS / MKL_NUM_THREADS) or `RayExecutor` (executors/ray.py:
   a Ray task on some node).
 - The workspace's own checkout holds the branch `autoresearch/<tag>`; it only ever
   fast-forwards to a kept commit, so it always points at the best confirmed commit.
@@ -40,159 +41,26 @@ and stop. A second Ctrl-C while that happens is held until it is done.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Optional, Sequence
 
-from ..errors import ArError
-from ..experiment.checkouts import InPlace, InWorktree
-from ..experiment.step import INTERRUPTS, PARSE_LOCK, Abandoned, StopRequested, run_experiment
-from . import phases
-from .config import RUNS_RELDIR
-from .keep import check_rule
-from .lab import EventFn, Lab, LoopEvent, LoopReport, LoopSettings
-from .proposal import NoProposal, Proposal, Proposer
-from .proposers.offline import OfflineProposer
-from .proposing import Proposing
-from .runner import ProgressCallback, RunResult, allocate_log
-from .script_runner import ScriptRunner
-from .workspace import Workspace
-from .worktrees import Worktree, WorktreePool
-
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-
-# -- devices --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    envs: tuple[dict, ...]  # extra environment of each worker's runs
-    note: str  # one line: how the workers share the machine
-
-
-def thread_env(threads: int) -> dict:
-    """The variables torch, MKL and OpenBLAS read for their thread pools."""
-    return {name: str(threads) for name in _THREAD_VARS}
-
-
-def plan_workers(backend: str, workers: int, hw, *, force: bool = False, environ=None) -> WorkerPlan:
-    """Each worker's device on this machine: one NVIDIA GPU each, an even share of the CPU
-    threads, or (only with `force`) several runs on one Apple GPU. `hw` is a
-    backends.detect.Hardware."""
-    environ = os.environ if environ is None else environ
-    if workers < 1:
-        raise ArError(f"--workers must be at least 1, got {workers}")
-    if backend == "cuda":
-        visible = environ.get("CUDA_VISIBLE_DEVICES")
-        ids = [x.strip() for x in visible.split(",") if x.strip()] if visible is not None else [str(i) for i in range(len(hw.gpus))]
-        if not ids:
-            raise ArError("the workspace's backend is cuda but no NVIDIA GPU is visible; check nvidia-smi and CUDA_VISIBLE_DEVICES")
-        if workers > len(ids) and not force:
-            raise ArError(
-                f"--workers {workers} needs {workers} GPUs (one per worker) but {len(ids)} "
-                f"{'is' if len(ids) == 1 else 'are'} visible; use --workers {len(ids)}, or --force-workers to share GPUs"
-            )
-        envs = tuple({"CUDA_VISIBLE_DEVICES": ids[i % len(ids)]} for i in range(workers))
-        shared = " (shared: --force-workers)" if workers > len(ids) else ""
-        return WorkerPlan(envs, f"one GPU each: CUDA_VISIBLE_DEVICES={', '.join(e['CUDA_VISIBLE_DEVICES'] for e in envs)}{shared}")
-    if backend == "mps" or (backend == "mlx" and getattr(hw, "kind", "") == "apple"):
-        if workers > 1 and not force:
-            raise ArError(
-                f"--workers {workers} would run {workers} experiments at once on this Mac's one GPU ({backend}): each "
-                "gets a fraction of it and its val_bpb is not comparable with one run alone; use --workers 1 "
-                "(or --force-workers if you insist)"
-            )
-        return WorkerPlan(tuple({} for _ in range(workers)), f"{workers} runs share the Apple GPU" if workers > 1 else "the Apple GPU")
-    cores = max(1, int(getattr(hw, "cpu_cores", 0) or os.cpu_count() or 1))
-    threads = cores // workers
-    if threads < 1:
-        if not force:
-            raise ArError(
-                f"--workers {workers} on {cores} CPU cores leaves less than one core per worker; "
-                f"use --workers {cores} or fewer (or --force-workers)"
-            )
-        threads = 1
-    return WorkerPlan(tuple(thread_env(threads) for _ in range(workers)), f"{threads} CPU thread{'s' if threads > 1 else ''} each ({cores} cores)")
-
-
-# -- executors ------------------------------------------------------------------------
-
-
-class Executor(Protocol):
-    """Runs the editable script of a worker's worktree (checked out at `commit`)."""
-
-    def describe(self) -> str: ...
-
-    def label(self, slot: int) -> str: ...
-
-    def run(
-        self, slot: int, tree: Path, commit: str, *, seed: Optional[int], on_progress: Optional[ProgressCallback],
-        stop: threading.Event,
-    ) -> tuple[RunResult, str]:
-        """The result and where it ran ("w1", "w2@node"); status "interrupted" once `stop` is set."""
-        ...
-
-    def close(self) -> None: ...
-
-
-def keep_log(log_path: Path, folder: Path, commit: str) -> Path:
-    """Move a run's log into the workspace's .autoresearch/runs/ (worktrees are removed)."""
-    _, dest = allocate_log(Path(folder) / RUNS_RELDIR, commit)
-    os.replace(log_path, dest)
-    return dest
-
-
-class LocalExecutor:
-    """The workspace's ScriptRunner (guards, trust policy, hard kill) run in a worker's
-    worktree with the worker's device share (plan_workers)."""
-
-    def __init__(self, folder: Path, base: ScriptRunner, plan: WorkerPlan):
-        self.folder = Path(folder)
-        self.base = base  # the workspace's runner: editable, env, budget, kill, grace
-        self.plan = plan
-
-    def describe(self) -> str:
-        return f"{len(self.plan.envs)} on this machine, {self.plan.note}"
-
-    def label(self, slot: int) -> str:
-        return f"w{slot + 1}"
-
-    def run(self, slot, tree, commit, *, seed, on_progress, stop):
-        runner = copy.copy(self.base)
-        runner.folder = Path(tree)
-        runner.env = {**self.base.env, **self.plan.envs[slot]}
-        runner.stop = stop
-        result = runner.run(commit, seed=seed, on_progress=on_progress)
-        result.log_path = keep_log(result.log_path, self.folder, commit)
-        return result, self.label(slot)
-
-    def close(self) -> None:
-        return None
-
-
-def make_executor(
-    folder: Path, cfg, base: ScriptRunner, *, workers: int, executor: str = "local", ray_address: str = "auto",
-    force: bool = False, hardware=None,
-) -> Executor:
-    """The executor `ar loop --executor` names; Ray is imported only for "ray"."""
-    if executor == "local":
-        if hardware is None:
-            from ..backends import detect_hardware
-
-            hardware = detect_hardware()
-        return LocalExecutor(folder, base, plan_workers(cfg.backend, workers, hardware, force=force))
-    if executor == "ray":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor(folder, cfg, base, workers=workers, address=ray_address)
-    raise ArError(f"unknown executor {executor!r}; use local or ray")
+from autoresearch.errors import ArError
+from autoresearch.executors.local import Executor
+from autoresearch.experiment.checkouts import InPlace, InWorktree
+from autoresearch.experiment.keep import check_rule
+from autoresearch.experiment.lab import EventFn, Lab, LoopEvent, LoopReport, LoopSettings
+from autoresearch.experiment.step import INTERRUPTS, PARSE_LOCK, Abandoned, StopRequested, run_experiment
+from autoresearch.loop import phases
+from autoresearch.loop.proposing import Proposing
+from autoresearch.proposers.base import NoProposal, Proposal, Proposer
+from autoresearch.proposers.offline import OfflineProposer
+from autoresearch.run.process import RunResult
+from autoresearch.workspace.git import Workspace
+from autoresearch.workspace.worktrees import Worktree, WorktreePool
 
 
 # -- the loop -------------------------------------------------------------------------

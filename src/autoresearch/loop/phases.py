@@ -10,12 +10,12 @@ from __future__ import annotations
 import uuid
 from typing import Callable, Optional
 
-from ..errors import ArError
-from ..experiment.step import Checkout, Outcome, Runner, Plan, run_experiment, run_once
-from .keep import noise_floor
-from .lab import Lab
-from .proposal import Usage
-from .recovery import recover
+from autoresearch.errors import ArError
+from autoresearch.experiment.step import Checkout, Outcome, Runner, Plan, run_experiment, run_once
+from autoresearch.experiment.keep import noise_floor
+from autoresearch.experiment.lab import Lab
+from autoresearch.proposers.base import Usage
+from autoresearch.experiment.recovery import recover
 
 
 def start(lab: Lab, proposer_name: str, **details) -> None:

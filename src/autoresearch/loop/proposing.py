@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ArError
-from .config import PROGRAM_NAME
-from .guards import check_editable
-from .lab import Lab
-from .proposal import HistoryItem, NoProposal, Proposal, ProposalContext, Proposer
-from .results import ResultRow
+from autoresearch.errors import ArError
+from autoresearch.workspace.config import PROGRAM_NAME
+from autoresearch.workspace.editable import check_editable
+from autoresearch.experiment.lab import Lab
+from autoresearch.proposers.base import HistoryItem, NoProposal, Proposal, ProposalContext, Proposer
+from autoresearch.journal.files import ResultRow
 
 
 def _tail_of(path: Path, lines: int = 50) -> Optional[str]:

@@ -1,7 +1,7 @@
 """`ar loop`: propose, then run one experiment (`run_experiment`), until a limit or a stop.
 
 A scheduler, nothing more: the experiment itself (commit, run, judge, row, keep or reset,
-record) is experiment/step.py, the recovery of a dead process loop/recovery.py, the
+record) is experiment/step.py, the recovery of a dead process experiment/recovery.py, the
 baseline and the noise floor loop/phases.py. Collaborators are passed in (small Protocol
 seams; tests pass fakes), the display subscribes to `LoopEvent`s, and nothing here imports
 Typer, Rich, an LLM SDK, torch or mlx.
@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
-from ..experiment.checkouts import InPlace
-from ..experiment.step import INTERRUPTS, Runner, run_experiment
-from . import phases
-from .keep import check_rule
-from .lab import EventFn, Lab, LoopReport, LoopSettings
-from .proposal import Proposer
-from .proposing import Proposing
+from autoresearch.experiment.checkouts import InPlace
+from autoresearch.experiment.step import INTERRUPTS, Runner, run_experiment
+from autoresearch.loop import phases
+from autoresearch.experiment.keep import check_rule
+from autoresearch.experiment.lab import EventFn, Lab, LoopReport, LoopSettings
+from autoresearch.proposers.base import Proposer
+from autoresearch.loop.proposing import Proposing
 
 
 def run_loop(

@@ -1,0 +1,64 @@
+"""The real runner: the workspace's editable script as a subprocess, guarded."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+from autoresearch.workspace.config import RUNS_RELDIR
+from autoresearch.integrity.workspace_guard import WorkspaceGuard, compile_harness, harness_state
+from autoresearch.run.process import DEFAULT_GRACE, RunResult, allocate_log, reject, run_script
+
+
+class ScriptRunner:
+    """Runs the workspace's editable script with run_script: a log per run in .autoresearch/runs/."""
+
+    def __init__(self, folder: Path, *, editable: str, env: dict, budget: float, kill: float, grace: float = DEFAULT_GRACE,
+                 policy=None):
+        self.folder = Path(folder)
+        self.editable = editable
+        self.env = dict(env)
+        self.budget = budget
+        self.kill = kill
+        self.grace = grace
+        self.policy = policy  # trust.TrustPolicy: val_bpb from the harness, checked; None: the printout
+        compile_harness()
+        self.harness = harness_state()  # a run must not change the installed harness (integrity/workspace_guard.py)
+        self.stop: Optional[threading.Event] = None  # set: the run ends as "interrupted" (parallel workers)
+        # The loop runs the committed workspace only; `ar run` lets a person keep other
+        # uncommitted files (what the run itself changes is undone either way).
+        self.strict = True
+
+    @classmethod
+    def for_workspace(cls, folder: Path, cfg, *, budget: float, kill: float, grace: float = DEFAULT_GRACE) -> "ScriptRunner":
+        """The runner for a workspace config (autoresearch.workspace.config.WorkspaceConfig), as `ar run` runs."""
+        from autoresearch.integrity.trust import TrustPolicy
+
+        env = {"AUTORESEARCH_PROFILE": cfg.profile, "AUTORESEARCH_SOURCE": cfg.source, "AUTORESEARCH_BACKEND": cfg.backend}
+        return cls(folder, editable=cfg.editable, env=env, budget=budget, kill=kill, grace=grace,
+                   policy=TrustPolicy.for_config(cfg, budget))
+
+    def run(self, commit: str, *, seed: Optional[int] = None, on_progress: Optional[Callable[[dict], None]] = None) -> RunResult:
+        _, log_path = allocate_log(self.folder / RUNS_RELDIR, commit)
+        env = {**self.env, "AUTORESEARCH_TIME_BUDGET": f"{self.budget:g}"}
+        if seed is not None:
+            env["AUTORESEARCH_SEED"] = str(seed)
+        # The workspace must be the committed one; whatever the run changes is undone and rejects it.
+        guard = WorkspaceGuard(self.folder, self.editable, log_path, strict=self.strict, harness_baseline=self.harness)
+        guard.before()
+        result = run_script(
+            self.folder / self.editable,
+            cwd=self.folder,
+            log_path=log_path,
+            env=env,
+            kill_after=self.kill,
+            grace=self.grace,
+            on_progress=on_progress,
+            policy=self.policy,
+            stop=self.stop,
+        )
+        damage = guard.after()
+        if damage and result.status != "interrupted":
+            result = reject(result, "workspace modified", "; ".join(damage))
+        return result

@@ -1,0 +1,212 @@
+"""What `ar loop` shows while it runs: a Rich live view on a terminal, plain lines otherwise.
+
+Both subscribe to the loop's events (`autoresearch.experiment.lab.LoopEvent`); neither
+changes anything. Progress events arrive from the runner's reader thread. With
+`ar loop --workers N` every event names its worker ("w2", or "w2@node" with Ray): plain
+lines start with it and the live view shows one line per worker.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from autoresearch.experiment.lab import LoopEvent
+
+STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red"}
+_RUN_LABEL = {"baseline": "baseline", "experiment": "experiment", "confirm": "confirmation run", "noise": "noise-floor run"}
+
+
+def _bpb(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.6f}"
+
+
+def _who(e: LoopEvent) -> str:
+    return f"[cyan]\\[{escape(e.worker)}][/] " if e.worker else ""
+
+
+def _progress_info(fields: dict) -> str:
+    info = []
+    for key, fmt in (("step", "step {}"), ("loss", "loss {:.4f}"), ("tok_per_s", "{:,.0f} tok/s"), ("remaining_s", "{:.0f} s left")):
+        if isinstance(fields.get(key), (int, float)):
+            info.append(fmt.format(fields[key]))
+    return "  ".join(info)
+
+
+class PlainDisplay:
+    """One line per step of the loop; training progress every 25%."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self._buckets: dict[str, int] = {}  # per worker: the last 25% step printed
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "PlainDisplay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def __call__(self, e: LoopEvent) -> None:
+        k = e.kind
+        if k == "resumed":
+            if e.number:
+                self.line(f"resuming: {e.number} experiments in results.tsv, best {_bpb(e.best)}")
+            else:
+                self.line("starting: no experiments in results.tsv yet")
+        elif k == "recovered":
+            self.line(f"[yellow]recovered:[/] {escape(e.note)}")
+        elif k == "run_started":
+            self._buckets[e.worker.split("@")[0]] = -1
+            seed = f" ({e.note})" if e.note else ""
+            if e.run_kind in ("baseline", "experiment"):
+                number = "" if e.worker else f"[bold]#{e.number}[/] "  # with workers rows are numbered as they finish
+                self.line(f"{_who(e)}{number}{escape(e.description)} [dim]({e.commit}){seed}[/]")
+            else:
+                self.line(f"  {_who(e)}{_RUN_LABEL.get(e.run_kind, e.run_kind)} of {e.commit}{seed}")
+        elif k == "progress" and e.progress:
+            pct = e.progress.get("pct")
+            key = e.worker.split("@")[0]
+            if isinstance(pct, (int, float)) and int(pct // 25) > self._buckets.get(key, -1):
+                self._buckets[key] = int(pct // 25)
+                self.line(f"  {_who(e)}{pct:5.1f}%  {_progress_info(e.progress)}")
+        elif k == "run_finished" and e.result is not None:
+            r = e.result
+            if r.status == "ok":
+                self.line(f"  {_who(e)}val_bpb {r.val_bpb:.6f}  memory {r.memory_gb:.1f} GB  {r.seconds:.1f} s")
+            else:
+                self.line(f"  {_who(e)}[red]{r.status}[/] after {r.seconds:.1f} s: {escape(r.reason)}")
+        elif k == "finished":
+            style = STATUS_STYLE.get(e.status, "")
+            row = f"#{e.number} " if e.worker else ""  # with workers, rows are numbered as they finish
+            self.line(f"  {_who(e)}{row}[{style}]{e.status}[/] {_bpb(e.val_bpb)}  best {_bpb(e.best)}: {escape(e.note)}")
+        elif k == "noise_floor":
+            self.line(f"noise floor {_bpb(e.val_bpb)} (runs of {e.commit}: {e.note})")
+        elif k == "no_proposal":
+            self.line(f"{_who(e)}[yellow]no proposal[/] ({e.description}): {escape(e.note)}")
+        elif k == "abandoned":
+            self.line(f"{_who(e)}[yellow]abandoned[/] {e.commit or 'the proposal'}: {escape(e.note)}; nothing recorded in results.tsv")
+
+
+@dataclass
+class _Slot:
+    """What one worker is doing, for the live view."""
+
+    event: Optional[LoopEvent] = None  # the experiment (its proposing or run_started event)
+    phase: str = "starting"
+    pct: Optional[float] = None
+    info: str = ""
+
+
+class LiveDisplay(PlainDisplay):
+    """The current experiment (one per worker) with a progress bar, the best so far and the last results.
+
+    Lasting messages (finished experiments, recoveries, the noise floor) still print above the live area.
+    """
+
+    def __init__(self, console: Console, recent: int = 5):
+        super().__init__(console)
+        self.recent: collections.deque[LoopEvent] = collections.deque(maxlen=recent)
+        self.slots: dict[str, _Slot] = {}  # by worker ("" with one worker), in the order they started
+        self.best: Optional[float] = None
+        self.count = 0
+        self.kept = 0
+        self.cost = 0.0
+        self.live = Live(console=console, get_renderable=self.render, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> "LiveDisplay":
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.stop()
+
+    def line(self, text: str) -> None:
+        self.live.console.print(text, highlight=False, soft_wrap=True)
+
+    def __call__(self, e: LoopEvent) -> None:
+        self.cost = e.cost_usd
+        k = e.kind
+        slot = self.slots.setdefault(e.worker.split("@")[0], _Slot()) if k in ("proposing", "run_started", "progress", "run_finished") else None
+        if k == "resumed":
+            self.best, self.count = e.best, e.number or 0
+        elif k == "proposing":
+            slot.event, slot.phase, slot.pct, slot.info = e, "proposing", None, ""
+        elif k == "run_started":
+            if e.run_kind in ("baseline", "experiment") or slot.event is None or slot.event.kind == "proposing":
+                slot.event = e
+            slot.phase = _RUN_LABEL.get(e.run_kind, e.run_kind) + (f" ({e.note})" if e.note else "")
+            slot.pct, slot.info = 0.0, "starting"
+        elif k == "progress" and e.progress:
+            pct = e.progress.get("pct")
+            if isinstance(pct, (int, float)):
+                slot.pct = float(pct)
+            slot.info = _progress_info(e.progress)
+        elif k == "run_finished":
+            slot.phase, slot.pct = "judging", None
+            if e.result is not None and e.result.status != "ok":
+                super().__call__(e)  # why it failed belongs in the scrollback
+        elif k == "finished":
+            self.recent.append(e)
+            self.count = max(self.count, e.number or 0)
+            self.kept += e.status == "keep" and e.run_kind != "baseline"
+            self.best = e.best
+            done = self.slots.get(e.worker.split("@")[0])
+            if done is not None:
+                done.event = None
+            style = STATUS_STYLE.get(e.status, "")
+            self.line(f"{_who(e)}#{e.number} [{style}]{e.status}[/] {_bpb(e.val_bpb)}  {escape(e.description)}  [dim]{escape(e.note)}[/]")
+        elif k in ("recovered", "noise_floor", "no_proposal", "abandoned"):
+            super().__call__(e)
+
+    def render(self):
+        head = Text.assemble(
+            ("ar loop", "bold"),
+            f"  best {_bpb(self.best)}  |  {self.count} experiments in results.tsv, {self.kept} kept in this session"
+            f"  |  proposals ${self.cost:.2f}",
+        )
+        parts = [head]
+        for worker, slot in self.slots.items():
+            cur = slot.event
+            if cur is None:
+                continue
+            who = f"[{cur.worker}] " if worker else f"#{cur.number} "  # with workers rows are numbered as they finish
+            title = who + (cur.description or "asking the proposer for the next experiment")
+            parts.append(Text(title, style="bold", overflow="ellipsis", no_wrap=True))
+            row = Table.grid(padding=(0, 1))
+            bar = ProgressBar(total=100.0, completed=slot.pct or 0.0, width=40, pulse=slot.pct is None)
+            row.add_row(Text(slot.phase, style="cyan"), bar, Text(f"{slot.pct:5.1f}%" if slot.pct is not None else ""), Text(slot.info))
+            parts.append(row)
+        if self.recent:
+            table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+            columns = [("#", "right"), ("val_bpb", "right"), ("status", "left")]
+            workers = any(r.worker for r in self.recent)
+            if workers:
+                columns.append(("worker", "left"))
+            for name, justify in columns + [("description", "left")]:
+                table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+            for r in self.recent:
+                cells = [str(r.number), _bpb(r.val_bpb), Text(r.status, style=STATUS_STYLE.get(r.status, ""))]
+                table.add_row(*cells, *([r.worker] if workers else []), r.description)
+            parts.append(table)
+        return Group(*parts)
+
+
+def make_display(console: Console, live: Optional[bool] = None) -> PlainDisplay:
+    """The live view on an interactive terminal, plain lines otherwise (pipes, logs, tests)."""
+    if live is None:
+        live = console.is_terminal and not console.is_dumb_terminal
+    return LiveDisplay(console) if live else PlainDisplay(console)

@@ -1,0 +1,72 @@
+"""The journal as `ar results`, `ar plot` and reports read it: every row with its record,
+the branch's ancestry and the workspace's own group (budget, default backend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from autoresearch.errors import ArError
+from autoresearch.journal.queries import Entry, Summary, best_before, budget_key, history, summarize
+from autoresearch.workspace.config import load_config
+from autoresearch.workspace.git import Workspace
+
+
+@dataclass(frozen=True)
+class View:
+    """What `ar results`, `ar plot` and reports read: the entries, the branch, the default group."""
+
+    entries: list[Entry]
+    ancestry: Optional[set[str]]  # None outside a git repository: every row counts
+    key: Optional[tuple[str, str]]  # the workspace's budget and default backend
+
+    @property
+    def backends(self) -> list[str]:
+        return list(dict.fromkeys(e.backend for e in self.entries))
+
+    def summary(self) -> Summary:
+        key = self.key if any(e.key == self.key and e.counts for e in self.entries) else None
+        return summarize(self.entries, key, self.ancestry)
+
+    def best_before(self) -> list[Optional[float]]:
+        return best_before(self.entries, self.ancestry)
+
+
+def workspace_view(folder: Path) -> View:
+    """The journal of the workspace at `folder` (a bare results.tsv folder works too)."""
+    folder = Path(folder)
+    try:
+        cfg = load_config(folder)
+        budget, backend = cfg.budget, cfg.backend
+    except ArError:
+        cfg, budget, backend = None, 0.0, ""
+    entries = history(folder, budget=budget, backend=backend)
+    ancestry = None
+    if (folder / ".git").exists():
+        try:
+            ancestry = Workspace.open(folder).ancestry() or None
+        except ArError:
+            ancestry = None
+    return View(entries, ancestry, (budget_key(budget), backend) if cfg else None)
+
+
+TABLE_COLUMNS = ("#", "commit", "val_bpb", "vs best", "memory", "status", "description")
+
+
+def table_rows(entries: Sequence[Entry], before: Sequence[Optional[float]]) -> list[tuple[str, ...]]:
+    """The cells of `ar results` as text, one tuple per row in TABLE_COLUMNS order.
+
+    "vs best" is the change against the best of the row's budget and backend before it
+    (empty for the first and for crashes), so a negative number is an improvement.
+    """
+    out = []
+    for e, b in zip(entries, before):
+        r = e.row
+        crashed = r.status == "crash"
+        out.append((
+            str(e.number), r.commit, "-" if crashed else f"{r.val_bpb:.6f}",
+            f"{r.val_bpb - b:+.6f}" if b is not None and not crashed else "",
+            "-" if crashed else f"{r.memory_gb:.1f} GB", r.status, r.description,
+        ))
+    return out
