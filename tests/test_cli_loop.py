@@ -267,3 +267,26 @@ def test_live_display_shows_the_current_experiment_and_the_last_results(tmp_path
     assert "best 1.200000" in text and "1 kept" in text and "$0.25" in text
     assert re.search(r"2\s+1\.200000\s+keep\s+offline: LR 0\.04 -> 0\.02", text)
     assert "#2 keep 1.200000" in console.file.getvalue()  # a finished experiment stays in the scrollback
+
+
+def test_live_display_says_evaluating_fits_110_columns_and_leaves_the_results_on_exit(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, width=110, force_terminal=True, color_system=None)
+    display = LiveDisplay(console)
+    during, after = _events(tmp_path)
+    with display:
+        for e in during:
+            display(e)
+        last = next(e for e in reversed(during) if e.kind == "progress")
+        long = "x" * 300  # a long progress line must not wrap the live area
+        display(LoopEvent("progress", number=last.number, commit=last.commit, run_kind="experiment",
+                          progress={"step": 10, "pct": 100.0, "loss": 3.0, "tok_per_s": 1000, "remaining_s": 0.0, "note": long}))
+        shot = Console(file=io.StringIO(), width=110, color_system=None)
+        shot.print(display.render())
+        text = shot.file.getvalue()
+        assert "evaluating" in text and "100.0%" not in text and "0 s left" not in text  # not stuck at 100%
+        assert max(len(line) for line in text.splitlines()) <= 110
+        for e in after:
+            display(e)
+    # The live area is gone, but the last results stay on the screen.
+    assert re.search(r"2\s+1\.200000\s+keep\s+offline: LR 0\.04 -> 0\.02", out.getvalue().split("#2 keep")[-1])

@@ -338,6 +338,24 @@ def results(
 
 
 @app.command()
+def show(
+    ref: str = typer.Argument(..., metavar="N|COMMIT", help="The experiment: its row number in `ar results`, or its commit (7+ hex characters)."),
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print all of it as one JSON object, for scripts."),
+) -> None:
+    """Show one experiment: its diff, metrics, keep decision, loss curve against the best, log tail and cost."""
+    from autoresearch.ui.show import experiment_details, render_show, show_json
+
+    with user_errors():
+        details = experiment_details(folder, ref)
+    if as_json:
+        typer.echo(show_json(details))
+        return
+    for line in render_show(details):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def plot(
     folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: progress.png in the workspace)."),

@@ -132,7 +132,9 @@ class LiveDisplay(PlainDisplay):
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.stop()
+        self.live.stop()  # the live area (bars) goes; the last results stay on the screen
+        if self.recent:
+            self.live.console.print(self._recent_table())
 
     def line(self, text: str) -> None:
         self.live.console.print(text, highlight=False, soft_wrap=True)
@@ -155,6 +157,8 @@ class LiveDisplay(PlainDisplay):
             if isinstance(pct, (int, float)):
                 slot.pct = float(pct)
             slot.info = _progress_info(e.progress)
+            if slot.pct is not None and slot.pct >= 100.0:  # training is over: the harness evaluates
+                slot.phase, slot.pct, slot.info = "evaluating", None, "training done; computing val_bpb"
         elif k == "run_finished":
             slot.phase, slot.pct = "judging", None
             if e.result is not None and e.result.status != "ok":
@@ -173,10 +177,12 @@ class LiveDisplay(PlainDisplay):
             super().__call__(e)
 
     def render(self):
+        # The header counts what the rows below show: results.tsv's rows, whose numbers the bars carry.
         head = Text.assemble(
             ("ar loop", "bold"),
-            f"  best {_bpb(self.best)}  |  {self.count} experiments in results.tsv, {self.kept} kept in this session"
+            f"  best {_bpb(self.best)}  |  results.tsv: {self.count} rows, {self.kept} kept in this session"
             f"  |  proposals ${self.cost:.2f}",
+            no_wrap=True, overflow="ellipsis",
         )
         parts = [head]
         for worker, slot in self.slots.items():
@@ -187,22 +193,28 @@ class LiveDisplay(PlainDisplay):
             title = who + (cur.description or "asking the proposer for the next experiment")
             parts.append(Text(title, style="bold", overflow="ellipsis", no_wrap=True))
             row = Table.grid(padding=(0, 1))
-            bar = ProgressBar(total=100.0, completed=slot.pct or 0.0, width=40, pulse=slot.pct is None)
-            row.add_row(Text(slot.phase, style="cyan"), bar, Text(f"{slot.pct:5.1f}%" if slot.pct is not None else ""), Text(slot.info))
+            bar = ProgressBar(total=100.0, completed=slot.pct or 0.0, width=30, pulse=slot.pct is None)
+            row.add_row(Text(slot.phase, style="cyan", no_wrap=True), bar,
+                        Text(f"{slot.pct:5.1f}%" if slot.pct is not None else "", no_wrap=True),
+                        Text(slot.info, no_wrap=True, overflow="ellipsis"))
             parts.append(row)
         if self.recent:
-            table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
-            columns = [("#", "right"), ("val_bpb", "right"), ("status", "left")]
-            workers = any(r.worker for r in self.recent)
-            if workers:
-                columns.append(("worker", "left"))
-            for name, justify in columns + [("description", "left")]:
-                table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
-            for r in self.recent:
-                cells = [str(r.number), _bpb(r.val_bpb), Text(r.status, style=STATUS_STYLE.get(r.status, ""))]
-                table.add_row(*cells, *([r.worker] if workers else []), r.description)
-            parts.append(table)
+            parts.append(self._recent_table())
         return Group(*parts)
+
+    def _recent_table(self) -> Table:
+        """The last results (kept on the screen when the loop ends)."""
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        columns = [("#", "right"), ("val_bpb", "right"), ("status", "left")]
+        workers = any(r.worker for r in self.recent)
+        if workers:
+            columns.append(("worker", "left"))
+        for name, justify in columns + [("description", "left")]:
+            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis")
+        for r in self.recent:
+            cells = [str(r.number), _bpb(r.val_bpb), Text(r.status, style=STATUS_STYLE.get(r.status, ""))]
+            table.add_row(*cells, *([r.worker] if workers else []), r.description)
+        return table
 
 
 def make_display(console: Console, live: Optional[bool] = None) -> PlainDisplay:
