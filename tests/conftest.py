@@ -10,6 +10,9 @@ _ENV = (
     "AUTORESEARCH_TIME_BUDGET",
     "AUTORESEARCH_BACKEND",
     "AUTORESEARCH_HF_ENDPOINT",
+    "HF_ENDPOINT",
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
 )
 
 
@@ -20,19 +23,34 @@ def isolated_env(tmp_path, monkeypatch):
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "120")
+    # huggingface_hub reads its cache folder once, at import: point both it and any
+    # subprocess at a tmp dir, so no test reads or fills the user's Hugging Face cache.
+    import huggingface_hub.constants as hf
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
     yield
 
 
 class FileServer:
     """A local HTTP server for download tests: serves `files` (URL path -> bytes).
 
-    `plans[path]` is a list of behaviours, one consumed per request before the normal
+    It answers like the Hugging Face Hub, for huggingface_hub: a HEAD request gets the
+    file's size, an ETag and an X-Repo-Commit header; a 404 says X-Error-Code
+    RepoNotFound (no file under that /resolve/ prefix) or EntryNotFound.
+
+    `plans[path]` is a list of behaviours, one consumed per GET request before the normal
     answer: "500", "429", "truncate" (Content-Length of the whole file, half the bytes),
-    "norange" (ignore a Range header), "garbage" (200 with other bytes), "302" (redirect
-    to the same path with a query string). Range requests
-    are honoured (206) otherwise; unknown paths are 404. Every request is recorded in
-    `requests` as (path, Range header or None).
+    "norange" (ignore a Range header), "garbage" (200 with other bytes of the same
+    length), "302" (redirect to the same path with a query string). `head_plans[path]`
+    does the same for HEAD requests, with any status code ("500", "401", "403").
+    Range requests are honoured (206) otherwise; unknown paths are 404. Every GET is
+    recorded in `requests` as (path, Range header or None), every HEAD in `heads`.
     """
+
+    COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
     def __init__(self) -> None:
         import threading
@@ -40,19 +58,51 @@ class FileServer:
 
         self.files: dict[str, bytes] = {}
         self.plans: dict[str, list[str]] = {}
+        self.head_plans: dict[str, list[str]] = {}
         self.requests: list[tuple[str, object]] = []
+        self.heads: list[str] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
+            def not_found(self, path: str) -> None:
+                prefix = path.split("/resolve/")[0] + "/resolve/"
+                known = any(p.startswith(prefix) for p in server.files)
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
+                self.send_header("X-Repo-Commit", server.COMMIT)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_HEAD(self) -> None:
+                import hashlib
+
+                path = self.path.split("?")[0]
+                server.heads.append(path)
+                plan = server.head_plans.get(path)
+                if plan:
+                    self.send_response(int(plan.pop(0)))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if path not in server.files:
+                    self.not_found(path)
+                    return
+                body = server.files[path]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", '"%s"' % hashlib.sha256(body).hexdigest())
+                self.send_header("X-Repo-Commit", server.COMMIT)
+                self.end_headers()
+
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 rng = self.headers.get("Range")
                 server.requests.append((path, rng))
                 if path not in server.files:
-                    self.send_error(404)
+                    self.not_found(path)
                     return
                 body = server.files[path]
                 plan = server.plans.get(path)
@@ -66,8 +116,8 @@ class FileServer:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                if step == "garbage":
-                    body = b"not what you asked for" * 4
+                if step == "garbage":  # as long as the file, so only validation can tell
+                    body = (b"not what you asked for" * (len(body) // 22 + 1))[: len(body)]
                 if step == "truncate":
                     self.send_response(200)
                     self.send_header("Content-Length", str(len(body)))

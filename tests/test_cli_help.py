@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from autoresearch.cli import app
 
-COMMANDS = ["prepare", "hardware", "init", "run", "results", "show", "plot", "loop"]
+COMMANDS = ["prepare", "hardware", "init", "run", "results", "show", "report", "plot", "loop"]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -92,7 +92,7 @@ def best_commit(folder: Path) -> str:
 
 
 def test_loop_with_the_offline_proposer_end_to_end(ws, cli):
-    res = cli("loop", "--dir", ws, "--max-experiments", 3, "--budget", 2)
+    res = cli("loop", "--dir", ws, "--max-experiments", 3, "--budget", 2, "--keep-rule", "noise")
     assert res.exit_code == 0, res.output
     assert "no ANTHROPIC_API_KEY set" in res.output and "proposer:  offline" in res.output
 

@@ -325,6 +325,34 @@ def test_a_process_that_leaves_the_group_is_killed_and_the_run_rejected(tmp_path
     assert sleepers == []
 
 
+def test_a_daemon_is_found_by_its_marker_while_another_run_is_active(tmp_path, pids_to_kill):
+    # With a second run active (parallel workers) an orphan cannot be told apart by its
+    # start time, so the daemon is found by the run's marker in its environment.
+    from autoresearch.integrity.containment import ProcessTracker
+
+    script = _script(tmp_path, """\
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)"])
+            os._exit(0)
+        time.sleep(0.1)
+        print("---"); print("val_bpb: 1.5")
+        """)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    pids_to_kill.append(other.pid)
+    with ProcessTracker(other.pid, "another-run"):
+        res = run_script(script, cwd=tmp_path, log_path=tmp_path / "r.log", kill_after=30, grace=0.5)
+    other.kill()
+    other.wait()
+    assert res.status == "rejected" and res.rejection == "escaped process", res.reason
+    daemon = int(res.reason.split("pid ")[1].split()[0])  # "pid 123 (python3) left the run's process group ..."
+    pids_to_kill.append(daemon)
+    time.sleep(0.1)
+    assert not _alive(daemon)
+
+
 def test_a_child_that_ignores_sigterm_rejects_the_run(tmp_path, pids_to_kill):
     script = _script(tmp_path, """\
         import subprocess, sys

@@ -65,3 +65,77 @@ def test_unknown_rule_and_no_runs_are_errors():
         decide("lenient", 1.0, [0.9])
     with pytest.raises(ValueError):
         decide("strict", 1.0, [])
+
+
+# -- the `test` rule: a one-sided test at a stated false-keep rate -------------------------
+
+from autoresearch.experiment.keep import FALSE_KEEP, Noise, decide_test, t_look  # noqa: E402
+
+
+def test_pooled_noise_uses_every_script_run_more_than_once():
+    assert Noise.pooled([[1.0], [None, 1.2]]) is None  # nothing ran twice (a crash does not count)
+    n = Noise.pooled([[1.0, 1.002], [0.9, 0.904, 0.902], [0.5]])
+    assert n.dof == 3 and n.sigma == pytest.approx(((0.000002 + 0.000008) / 3) ** 0.5)
+    assert t_look(1) == pytest.approx(12.706) and t_look(11) == t_look(10) and t_look(500) == pytest.approx(1.980)
+
+
+def test_no_gain_is_discarded_at_once_and_the_baseline_is_kept():
+    assert decide_test(None, [1.3], None).action == "keep"
+    d = decide_test([1.0], [1.001], Noise(0.002, 4))
+    assert d.action == "discard" and "no better" in d.reason and not d.remeasure
+
+
+def test_a_promising_first_run_measures_the_noise_when_none_is_known():
+    d = decide_test([1.0], [0.99], None)
+    assert d.action == "confirm" and "no noise estimate" in d.reason
+
+
+def test_the_gain_must_clear_the_one_sided_test():
+    noise = Noise(0.002, 10)  # t_look = 2.228
+    need = 2.228 * 0.002 * (1 / 1 + 1 / 3) ** 0.5  # one run against a best of three: 0.005145
+    assert decide_test([1.0, 1.0, 1.0], [1.0 - need - 1e-4], noise).action == "keep"
+    assert decide_test([1.0, 1.0, 1.0], [0.996], noise).action == "confirm"  # promising: more runs could clear it
+    assert decide_test([1.0, 1.0, 1.0], [0.9995], noise).action == "discard"  # even 3 runs with this mean could not
+    kept = decide_test([1.0, 1.0, 1.0], [0.996, 0.995], noise)  # two runs: the bar is lower (0.004068)
+    assert kept.action == "keep" and kept.value == pytest.approx(0.9955) and "mean of 2 runs" in kept.reason
+    assert f"{FALSE_KEEP:.0%} false keeps" in kept.reason
+
+
+def test_a_decision_limited_by_a_best_measured_once_asks_to_re_run_the_best():
+    noise = Noise(0.002, 4)  # three runs would need 0.0064 against one run of the best, 0.0051 against two
+    d = decide_test([1.0], [0.994, 0.994, 0.994], noise)  # three runs, but the best has one
+    assert d.action == "discard" and d.remeasure
+
+
+def test_a_deterministic_script_keeps_any_gain():
+    assert decide_test([1.0, 1.0], [0.9999], Noise(0.0, 3)).action == "keep"
+
+
+def test_the_false_keep_rate_holds_on_simulated_noise():
+    # 2,000 candidates identical in effect to the best (gain 0), noise sd 0.01: at most 5% kept.
+    import random
+
+    rng = random.Random(7)
+    kept = 0
+    for _ in range(2000):
+        best = [1.0 + rng.gauss(0, 0.01) for _ in range(2)]
+        values = [1.0 + rng.gauss(0, 0.01)]
+        history = [[1.0 + rng.gauss(0, 0.01) for _ in range(2)] for _ in range(3)]
+        while True:
+            d = decide_test(best, values, Noise.pooled(history + [best, values]))
+            if d.action != "confirm":
+                break
+            values.append(1.0 + rng.gauss(0, 0.01))
+        kept += d.action == "keep"
+    assert kept / 2000 <= FALSE_KEEP, kept
+
+
+def test_runs_at_another_machine_speed_are_not_compared():
+    from autoresearch.experiment.keep import same_machine
+
+    best = [(1.0, 1000.0), (0.99, 1100.0), (0.9, 15000.0)]
+    assert same_machine(best, 1050.0) == ([1.0, 0.99], 1.0)  # only the runs at a similar speed
+    assert same_machine(best, 15500.0) == ([0.9], 1.0)
+    values, ratio = same_machine(best[:2], 16000.0)
+    assert values == [] and ratio == pytest.approx(16000 / 1100)
+    assert same_machine([(1.0, None)], 16000.0) == ([1.0], 1.0)  # no probe: taken as comparable

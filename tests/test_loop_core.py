@@ -411,3 +411,64 @@ def test_stop_signals_wait_for_a_critical_step_to_finish():
             for _ in range(100):  # the handler runs between bytecodes
                 pass
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before  # put back
+
+
+def test_the_test_rule_starts_right_after_the_baseline_and_re_runs_a_lucky_best(ws):
+    table = {
+        (0.04, None): 0.995, (0.04, 1): 1.005,  # a lucky baseline: its second run says 1.005
+        (0.03, None): 1.001, (0.025, None): 0.998, (0.02, None): 0.999,  # no better than 0.995: discarded at once
+        (0.015, None): 0.910, (0.015, 3): 0.912,  # a real gain: promising on one run, kept on two
+    }
+    runner = FakeRunner(ws, table)
+    report, _ = loop(ws, ScriptedProposer([0.03, 0.025, 0.02, 0.015]), runner, settings(keep_rule="test", max_experiments=4))
+    kinds = [(r["kind"], r["seed"]) for r in records(ws, "run")]
+    assert kinds == [
+        ("baseline", None),  # no noise runs up front: the first idea runs right after the baseline
+        ("experiment", None), ("experiment", None), ("experiment", None),  # each discarded on one run
+        ("remeasure", 1),  # three discards against a best measured once: it may be a lucky draw
+        ("experiment", None), ("confirm", 3),
+    ]
+    assert [(r.status, round(r.val_bpb, 6)) for r in rows(ws)] == [
+        ("keep", 0.995), ("discard", 1.001), ("discard", 0.998), ("discard", 0.999), ("keep", 0.911),
+    ]
+    last = records(ws, "finished")[-1]
+    assert last["values"] == [0.91, 0.912] and "false keeps" in last["decision"] and report.noise_sd is not None
+    assert "1.000000 (mean of 2 runs)" in last["decision"]  # the best to beat is the mean of its runs
+
+
+def test_the_test_rule_does_not_keep_noise(ws):
+    # Candidates that compute the same thing as the best: their values are draws of the same noise.
+    table = {(0.04, None): 1.0, (0.04, 1): 1.004}
+    for i, lr in enumerate((0.03, 0.025, 0.02, 0.015, 0.01)):
+        table[(lr, None)], table[(lr, 3)], table[(lr, 4)] = 0.999 - 0.0005 * i, 1.003, 1.001
+    runner = FakeRunner(ws, table)
+    loop(ws, ScriptedProposer([0.03, 0.025, 0.02, 0.015, 0.01]), runner, settings(keep_rule="test", max_experiments=5))
+    assert [r.status for r in rows(ws)] == ["keep"] + ["discard"] * 5  # strict would have kept the first
+
+
+class MoodyRunner(FakeRunner):
+    """The machine gets 15x faster after the baseline (another job finished): every run then
+    trains more steps, and scores better whatever the edit did."""
+
+    def run(self, commit, *, seed=None, on_progress=None):
+        result = super().run(commit, seed=seed, on_progress=on_progress)
+        idle = len(self.calls) > 1
+        result.machine = 16600.0 if idle else 1100.0  # the probe's speed (run/probe.py)
+        if idle and result.val_bpb is not None:
+            result.val_bpb = round(result.val_bpb - 0.18, 6)
+        return result
+
+
+def test_the_machines_mood_is_not_credited_to_an_edit(ws):
+    # LR 0.03 and 0.02 compute the same as the baseline: only the machine changed.
+    runner = MoodyRunner(ws, {(0.04, None): 1.0, (0.04, 1): 1.0, (0.03, None): 1.0, (0.02, None): 1.0})
+    loop(ws, ScriptedProposer([0.03, 0.02]), runner, settings(keep_rule="test", max_experiments=2))
+    got = rows(ws)
+    assert [r.status for r in got] == ["keep", "discard", "discard"]  # strict would have kept 0.82 over 1.0
+    first = records(ws, "finished")[1]
+    assert "not credited" in first["decision"] and "15.1x faster" in first["decision"]
+    # The best was re-run at the new speed before the next experiment, which was then judged fairly.
+    assert [(r["kind"], r["machine"]) for r in records(ws, "run")] == [
+        ("baseline", 1100.0), ("experiment", 16600.0), ("remeasure", 16600.0), ("experiment", 16600.0)]
+    assert "no better than the best 1.000000" in records(ws, "finished")[2]["decision"] or \
+        "0.820000 is no better" in records(ws, "finished")[2]["decision"]

@@ -396,7 +396,7 @@ def test_loop_with_two_workers_end_to_end(ws, cli, monkeypatch):
 
     monkeypatch.setattr(backends, "detect_hardware", lambda: _hw(cores=4))
     (ws.parent / "ctl" / "sleep").write_text("0.3")  # runs overlap
-    res = cli("loop", "--dir", ws, "--workers", 2, "--max-experiments", 6, "--budget", 2)
+    res = cli("loop", "--dir", ws, "--workers", 2, "--max-experiments", 6, "--budget", 2, "--keep-rule", "noise")
     assert res.exit_code == 0, res.output
     assert "workers:   2 on this machine, 2 CPU threads each (4 cores)" in res.output
     assert "[w1]" in res.output and "[w2]" in res.output

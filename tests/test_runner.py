@@ -315,9 +315,11 @@ def test_run_once_records_baseline_then_keep_discard_crash(workspace):
     runs = [r for r in records if r["event"] == "run"]
     assert [r["status"] for r in finished] == ["keep", "keep", "discard", "crash"] and [r["row"] for r in finished] == [1, 2, 3, 4]
     assert runs[0]["backend"] == "cpu" and runs[0]["summary"]["peak_vram_mb"] == 1536.0
+    # The default rule runs a promising result again under another seed before keeping it.
+    assert [(r["kind"], r["seed"]) for r in runs] == [("run", None), ("run", None), ("confirm", 3), ("run", None), ("run", None)]
     logs = sorted((folder / ".autoresearch" / "runs").glob("*.log"))
-    assert [p.name.split("-")[0] for p in logs] == ["0001", "0002", "0003", "0004"]
-    assert (folder / runs[3]["log"]).read_text().count("diverged") >= 1
+    assert [p.name.split("-")[0] for p in logs] == ["0001", "0002", "0003", "0004", "0005"]
+    assert (folder / runs[4]["log"]).read_text().count("diverged") >= 1
 
 
 def test_a_new_branch_gets_its_own_baseline(workspace):

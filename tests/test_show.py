@@ -93,11 +93,11 @@ def ws(tmp_path) -> Path:
     cfg.write_text(cfg.read_text() + 'metric = "printed"\n')  # the fake prints its own val_bpb
     git(ws, "add", "train.py", "bpb.txt", ".autoresearch/config.toml")
     git(ws, "commit", "-q", "-m", "fake training script")
-    assert "keep" in invoke(app, "run", "--dir", ws).output
+    assert "keep" in invoke(app, "run", "--dir", ws, "--keep-rule", "strict").output
     commit_bpb(ws, 1.20, "wider MLP")
-    assert "keep" in invoke(app, "run", "--dir", ws).output
+    assert "keep" in invoke(app, "run", "--dir", ws, "--keep-rule", "strict").output
     commit_bpb(ws, 1.22, "GeLU instead of ReLU^2")
-    assert "discard" in invoke(app, "run", "--dir", ws).output
+    assert "discard" in invoke(app, "run", "--dir", ws, "--keep-rule", "strict").output
     git(ws, "reset", "-q", "--hard", "HEAD~1")  # as a person does after a discard
     return ws
 

@@ -156,6 +156,16 @@ def test_config_round_trips_and_is_readable_by_the_data_harness(tmp_path):
     assert ctx.profile.name == "laptop" and ctx.time_budget == 120
 
 
+def test_odd_tags_and_paths_round_trip_and_unset_keys_are_not_written(tmp_path):
+    cfg = WorkspaceConfig(tag="mär\"6'", backend="cpu", profile="tiny", source="local", budget=30.0,
+                          source_path='C:\\data\\"shards"\tüñí 数据\n', warmup_allowance=2.5)
+    text = write_config(tmp_path, cfg).read_text(encoding="utf-8")
+    assert load_config(tmp_path) == cfg
+    assert text.startswith("# autoresearch workspace settings")
+    assert "budget = 30\n" in text and "warmup_allowance = 2.5\n" in text
+    assert not any(k in text for k in ("editable", "metric", "startup_allowance"))  # unset or the backend's own
+
+
 def test_a_broken_config_is_a_clear_error(tmp_path):
     (tmp_path / ".autoresearch").mkdir()
     config = tmp_path / ".autoresearch" / "config.toml"

@@ -65,37 +65,6 @@ def user_errors() -> Iterator[None]:
         raise fail(str(e)) from None
 
 
-@contextlib.contextmanager
-def rich_progress() -> Iterator:
-    """A progress(label, done, total) callback drawn as Rich progress bars.
-
-    The display starts with the first report, so work that turns out to be done already
-    prints nothing."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    tasks: dict[str, int] = {}
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-    def progress(label: str, done: int, total: Optional[int]) -> None:
-        if not tasks:
-            bar.start()
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total)
-        bar.update(tasks[label], completed=done, total=total)
-
-    try:
-        yield progress
-    finally:
-        if tasks:
-            bar.stop()
-
-
 @app.command()
 def prepare(
     source: Optional[str] = typer.Option(
@@ -120,11 +89,12 @@ def prepare(
     the second time.
     """
     from autoresearch.data.prepare import prepare_data
+    from autoresearch.ui.progress import rich_progress
     from autoresearch.data.profiles import get_profile
 
     with user_errors():
         prof = get_profile(profile)
-        with rich_progress() as progress:
+        with rich_progress(console) as progress:
             report = prepare_data(source or prof.source, prof, path=path, num_shards=num_shards, workers=workers, progress=progress)
     verb = "already prepared" if not report.did_work else "prepared"
     console.print(f"[green]{verb}[/] source [bold]{report.source}[/] for profile [bold]{prof.name}[/]")
@@ -239,8 +209,9 @@ def run(
         help="mlx runs train_mlx.py; cpu, cuda or mps run train.py (default: the workspace's).",
     ),
     keep_rule: str = typer.Option(
-        "noise", "--keep-rule", help="As `ar loop` judges: noise (a gain must clear the noise floor a loop measured; "
-        "a marginal one runs once more) or strict (any lower val_bpb is kept)."
+        "test", "--keep-rule", help="As `ar loop` judges: test (a one-sided test at 5% false keeps against the noise "
+        "measured so far; a promising result runs again), noise (the earlier noise-floor rule) or strict (any lower "
+        "val_bpb is kept)."
     ),
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
@@ -260,36 +231,11 @@ def run(
 
     Exit code: 0 with a val_bpb, 1 for a crash or timeout, 130 when interrupted.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from autoresearch.experiment.once import run_once
+    from autoresearch.ui.progress import RunBar
 
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    )
-    task = bar.add_task("training", total=100, info="starting")
-
-    def on_event(event) -> None:
-        if event.kind == "run_started":
-            seed = f", {event.note}" if event.note else ""
-            console.print(f"{event.run_kind} run of {event.commit}{seed}", highlight=False)
-            bar.reset(task, total=100, info="starting")
-            bar.start()
-        elif event.kind == "progress" and event.progress:
-            fields, info = event.progress, []
-            for key, fmt in (("step", "step {}"), ("loss", "loss {:.4f}"), ("tok_per_s", "{:,.0f} tok/s"), ("remaining_s", "{:.0f} s left")):
-                if isinstance(fields.get(key), (int, float)):
-                    info.append(fmt.format(fields[key]))
-            pct = fields.get("pct")
-            bar.update(task, completed=pct if isinstance(pct, (int, float)) else None, info="  ".join(info))
-        elif event.kind == "run_finished":
-            bar.stop()
-
+    bar = RunBar(console)
+    on_event = bar.on_event
     try:
         with user_errors():
             outcome = run_once(folder, budget=budget, kill=kill, description=description, backend=backend,
@@ -322,8 +268,14 @@ def results(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (rows and summary) for scripts."),
     last: Optional[int] = typer.Option(None, "--last", "-n", min=1, help="Show only the last N rows (the summary covers all)."),
 ) -> None:
-    """Show results.tsv: every experiment, its change against the best before it, and a summary."""
-    from autoresearch.ui.table import results_json, results_text
+    """Show results.tsv: every experiment, its change against the best before it, and a summary.
+
+    On a terminal: the latest rows that fit the window. Piped (`ar results | less`): every
+    row, as plain text."""
+    import os
+    import sys
+
+    from autoresearch.ui.table import results_json, results_plain, results_text
     from autoresearch.ui.view import workspace_view
 
     with user_errors():
@@ -331,7 +283,16 @@ def results(
     if as_json:
         typer.echo(results_json(view))
         return
-    table, lines = results_text(view, last)
+    if not sys.stdout.isatty():
+        # a pipe or a file: every row as plain text, streamed (Rich takes seconds on 10,000 rows)
+        try:
+            sys.stdout.writelines(results_plain(view, last))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `ar results | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return
+    # a terminal: in colour and, without --last, only the latest rows that fit the window
+    table, lines = results_text(view, last, height=console.height, width=console.width)
     console.print(table, no_wrap=True, overflow="ellipsis", highlight=False)
     for line in lines:
         console.print(line, highlight=False)
@@ -353,6 +314,34 @@ def show(
         return
     for line in render_show(details):
         console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: report.html in the workspace)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the report on 127.0.0.1 instead, rendered afresh at each reload (watch `ar loop`)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="The port of --serve."),
+    refresh: int = typer.Option(10, "--refresh", min=1, help="Seconds between reloads of the --serve page."),
+) -> None:
+    """One self-contained HTML file (opens offline): chart, sortable table, kept diffs, loss curves, noise, cost."""
+    from autoresearch.ui.report import serve_report, write_report
+
+    with user_errors():
+        if not serve:
+            path = write_report(folder, out)
+        else:
+            server = serve_report(folder, port=port, refresh=refresh)
+    if not serve:
+        console.print(f"wrote {path}", highlight=False)
+        return
+    console.print(f"serving the report of {folder} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 @app.command()
@@ -384,7 +373,9 @@ def loop(
     max_hours: Optional[float] = typer.Option(None, "--max-hours", min=0, help="Start no experiment after this many hours."),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", min=0, help="Start no experiment once proposals have cost this many USD in this call."),
     keep_rule: str = typer.Option(
-        "noise", "--keep-rule", help="noise: a gain must clear the measured noise floor (+2 runs at the start, +1 per marginal gain); "
+        "test", "--keep-rule", help="test: a gain must pass a one-sided test at a 5% false-keep rate against the pooled "
+        "run-to-run noise; a promising result runs again under another seed (up to 3 runs), nothing runs up front. "
+        "noise: the earlier rule (+2 baseline runs at the start measure a noise floor). "
         "strict: any lower val_bpb is kept (upstream, no extra runs)."
     ),
     budget: Optional[float] = typer.Option(
@@ -443,11 +434,10 @@ def loop(
             highlight=False,
             soft_wrap=True,
         )
-    rule = (
-        f"noise (the baseline runs {NOISE_RUNS} more times to measure the noise floor; a marginal gain runs once more)"
-        if keep_rule == "noise"
-        else "strict (any lower val_bpb is kept)"
-    )
+    rule = {
+        "test": "test (one-sided, 5% false keeps; a promising result runs again, up to 3 runs; nothing up front)",
+        "noise": f"noise (the baseline runs {NOISE_RUNS} more times to measure the noise floor; a marginal gain runs once more)",
+    }.get(keep_rule, "strict (any lower val_bpb is kept)")
     console.print(f"  keep rule: {rule}", highlight=False, soft_wrap=True)
     smoke = f" (smoke test: judged only against runs of {run_budget:g} s)" if run_budget != full_budget else ""
     console.print(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}", highlight=False)

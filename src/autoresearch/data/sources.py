@@ -9,8 +9,8 @@ row) into its cache folder; the last shard (in name order) is the validation sha
     tinystories  TinyStories V2 (Hugging Face), converted to shards
     local        a folder of .parquet / .jsonl / .txt files; cached as local-<folder>
 
-Remote sources read AUTORESEARCH_HF_ENDPOINT (default https://huggingface.co), so a
-mirror or a test server can stand in for Hugging Face.
+Remote sources download through huggingface_hub (see download.py): HF_ENDPOINT (or
+AUTORESEARCH_HF_ENDPOINT) lets a mirror or a test server stand in for Hugging Face.
 """
 
 from __future__ import annotations
@@ -19,18 +19,15 @@ import gzip
 import json
 import os
 import re
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional
 
 from ..errors import ArError
-from .download import DownloadJob, download_files
+from .download import HfFile, fetch_files
 from .cache import shard_name
 from .progress import ProgressFn
 
-ENDPOINT_ENV = "AUTORESEARCH_HF_ENDPOINT"
-DEFAULT_ENDPOINT = "https://huggingface.co"
 SEPARATOR = b"<|endoftext|>"
 ROW_GROUP_DOCS = 1024  # documents per parquet row group: bounded memory when writing and reading
 READ_CHUNK = 4 << 20
@@ -41,14 +38,14 @@ DOWNLOAD_BACKOFF = 1.0  # seconds before the first retry (then doubling); tests 
 # MAX_SHARD = 6542 is the last shard and is pinned as the validation shard, and 10
 # training shards are fetched by default. Keeping the upstream file names keeps the
 # validation shard last in name order.
-CLIMBMIX_PATH = "datasets/karpathy/climbmix-400b-shuffle/resolve/main"
+CLIMBMIX_REPO = "karpathy/climbmix-400b-shuffle"
 CLIMBMIX_MAX_SHARD = 6542
 CLIMBMIX_VAL_SHARD = CLIMBMIX_MAX_SHARD
 CLIMBMIX_DEFAULT_SHARDS = 10
 
 # TinyStories V2 (GPT-4 generated), Hugging Face dataset roneneldan/TinyStories: two
 # text files with stories separated by <|endoftext|> (the train file is about 2 GB).
-TINYSTORIES_PATH = "datasets/roneneldan/TinyStories/resolve/main"
+TINYSTORIES_REPO = "roneneldan/TinyStories"
 TINYSTORIES_TRAIN = "TinyStoriesV2-GPT4-train.txt"
 TINYSTORIES_VALID = "TinyStoriesV2-GPT4-valid.txt"
 TINYSTORIES_DEFAULT_SHARDS = 8
@@ -60,10 +57,6 @@ LOCAL_SUFFIXES = (".parquet", ".jsonl", ".txt")
 # 10,000 characters (karpathy/autoresearch prepare.py, text_iterator).
 UPSTREAM_TOKENIZER_CHARS = 1_000_000_000
 UPSTREAM_DOC_CAP = 10_000
-
-
-def hf_endpoint() -> str:
-    return (os.environ.get(ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def shard_path(out: Path, index: int) -> Path:
@@ -242,11 +235,10 @@ class ClimbmixSource(Source):
 
     def build(self, out, *, path, num_shards, workers, progress) -> dict:
         n = min(num_shards or CLIMBMIX_DEFAULT_SHARDS, CLIMBMIX_MAX_SHARD)
-        base = f"{hf_endpoint()}/{CLIMBMIX_PATH}"
         ids = list(range(n)) + [CLIMBMIX_VAL_SHARD]
-        jobs = [DownloadJob(f"{base}/{shard_path(out, i).name}", shard_path(out, i)) for i in ids]
-        download_files(
-            jobs, workers=workers, backoff=DOWNLOAD_BACKOFF, validate=check_parquet, progress=progress, label="download climbmix"
+        files = [HfFile(CLIMBMIX_REPO, shard_path(out, i).name, dest=shard_path(out, i)) for i in ids]
+        fetch_files(
+            files, workers=workers, backoff=DOWNLOAD_BACKOFF, validate=check_parquet, progress=progress, label="download climbmix"
         )
         return {"train_shards": self.train_count(out), "val_shard": CLIMBMIX_VAL_SHARD}
 
@@ -257,10 +249,9 @@ class TinyStoriesSource(Source):
 
     def build(self, out, *, path, num_shards, workers, progress) -> dict:
         n = num_shards or TINYSTORIES_DEFAULT_SHARDS
-        raw = out / "_download"
-        base = f"{hf_endpoint()}/{TINYSTORIES_PATH}"
-        train, valid = download_files(
-            [DownloadJob(f"{base}/{name}", raw / name) for name in (TINYSTORIES_TRAIN, TINYSTORIES_VALID)],
+        # The text files stay in the shared Hugging Face cache (read in place, not copied).
+        train, valid = fetch_files(
+            [HfFile(TINYSTORIES_REPO, name) for name in (TINYSTORIES_TRAIN, TINYSTORIES_VALID)],
             workers=workers,
             backoff=DOWNLOAD_BACKOFF,
             progress=progress,
@@ -302,13 +293,12 @@ class TinyStoriesSource(Source):
                 writer.discard()
             raise
         if not sum(counts):
-            raise ArError(f"{train} holds no stories; delete {out} and run `ar prepare --source tinystories` again")
+            raise ArError(f"{train} holds no stories; delete it and run `ar prepare --source tinystories` again")
         with open(valid, "rb") as f, ShardWriter(shard_path(out, n)) as w:
             for text, _ in split_documents(_Counting(f, tick), errors="replace"):
                 w.add(text)
         if not w.rows:
-            raise ArError(f"{valid} holds no stories; delete {out} and run `ar prepare --source tinystories` again")
-        shutil.rmtree(raw, ignore_errors=True)  # 2 GB no longer needed
+            raise ArError(f"{valid} holds no stories; delete it and run `ar prepare --source tinystories` again")
         return {"train_shards": n, "train_documents": sum(counts), "val_documents": w.rows}
 
 

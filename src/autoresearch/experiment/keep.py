@@ -5,10 +5,23 @@ time, so the number of steps and the warm-down differ a little between identical
 (8 identical runs of a tiny MLX port differ by up to 0.0065, stdev 0.002; an MLX port's
 author reports up to ~0.03). A rule that keeps anything strictly lower keeps noise.
 
-Two rules:
+Three rules:
 
+- ``test`` (default): a one-sided test at a stated false-keep rate (5%). The noise is the
+  pooled standard deviation of every script run more than once (the best's re-runs,
+  confirmations), updated as the loop goes; the best to beat is the mean of its runs. A
+  first run that is no better than the best is discarded at once; a promising one is run
+  again under another seed (up to ``MAX_RUNS`` runs in all) until the gain clears
+  t(0.975, dof) x sigma x sqrt(1/n + 1/n_best) (each look at half the rate, so all looks
+  together stay under 5%), or until even ``MAX_RUNS`` runs with the same
+  mean could not clear it. Nothing is measured up front: the first idea runs right after
+  the baseline, and the first promising one measures the noise (its own second run). A
+  best kept on a single run is run again under another seed before the next experiment
+  when a decision was limited by it (``Decision.remeasure``). Cost: one extra run per
+  promising result (two at most), one per re-measure of a single-run best; none for a
+  result no better than the best.
 - ``strict`` (upstream): keep when val_bpb is strictly lower than the best. No extra runs.
-- ``noise`` (default): the baseline is run ``NOISE_RUNS`` more times under other seeds; the
+- ``noise`` (the earlier default): the baseline is run ``NOISE_RUNS`` more times under other seeds; the
   spread of those runs (max - min) is the noise floor. A gain (best - val_bpb) must clear
   the floor. A gain above ``CONFIRM_ABOVE`` x floor is kept at once; a marginal one
   (between 1x and 2x the floor) is run once more under another seed and kept only if the
@@ -19,13 +32,22 @@ Two rules:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from autoresearch.errors import ArError
 
-KEEP_RULES = ("noise", "strict")
-DEFAULT_KEEP_RULE = "noise"
+KEEP_RULES = ("test", "noise", "strict")
+DEFAULT_KEEP_RULE = "test"
+FALSE_KEEP = 0.05  # the stated false-keep rate of the whole sequential decision (one-sided)
+MAX_RUNS = 3  # runs of one candidate at most under `test`
+# Each look at the data (after run 1, 2, 3) tests at half the stated rate, so the looks
+# together stay under it: simulated, 3.4% of 6,000 candidates identical in effect to the
+# best were kept (tests/test_keep.py). One-sided 97.5% quantiles of Student's t by degrees
+# of freedom (standard tables); between entries the smaller dof's (larger) value is used.
+_T_LOOK = ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (5, 2.571), (6, 2.447), (7, 2.365), (8, 2.306),
+           (9, 2.262), (10, 2.228), (12, 2.179), (15, 2.131), (20, 2.086), (30, 2.042), (60, 2.000), (120, 1.980))
 NOISE_RUNS = 2  # extra runs of the baseline that measure the noise floor
 CONFIRM_ABOVE = 2.0  # gains above this many floors are kept without a confirmation run
 
@@ -35,7 +57,74 @@ class Decision:
     action: str  # keep | discard | crash | confirm (run once more, then decide again)
     value: Optional[float]  # the val_bpb the decision used (mean of the runs); None for a crash
     reason: str  # one line, for runs.jsonl and the display
+    remeasure: bool = False  # `test`: the best has one run and that limited the decision: re-run it
 
+
+@dataclass(frozen=True)
+class Noise:
+    """The pooled run-to-run standard deviation of val_bpb, and its degrees of freedom."""
+
+    sigma: float
+    dof: int
+
+    @staticmethod
+    def pooled(groups: Iterable[Sequence[Optional[float]]]) -> Optional["Noise"]:
+        """From groups of runs of one script each; None until some script ran twice."""
+        ss, dof = 0.0, 0
+        for group in groups:
+            ok = [v for v in group if v is not None]
+            if len(ok) >= 2:
+                mean = sum(ok) / len(ok)
+                ss += sum((v - mean) ** 2 for v in ok)
+                dof += len(ok) - 1
+        return Noise(math.sqrt(ss / dof), dof) if dof else None
+
+
+def t_look(dof: int) -> float:
+    """The quantile of Student's t one look of the test uses (97.5%, one-sided; conservative
+    between table entries)."""
+    if dof < 1:
+        raise ValueError("t_look needs at least one degree of freedom")
+    for d, t in reversed(_T_LOOK):
+        if dof >= d:
+            return t
+    return _T_LOOK[0][1]
+
+
+def decide_test(best: Optional[Sequence[float]], values: Sequence[Optional[float]], noise: Optional[Noise],
+                max_runs: int = MAX_RUNS) -> Decision:
+    """The `test` rule (see the module doc): `best` is the best's runs (None before a result)."""
+    if not values:
+        raise ValueError("decide_test() needs the result of at least one run")
+    if any(v is None for v in values):
+        which = "a confirmation run" if values[0] is not None else "the run"
+        return Decision("crash", None, f"{which} ended without a val_bpb")
+    mean = sum(values) / len(values)
+    runs = f"mean of {len(values)} runs " if len(values) > 1 else ""
+    if not best:
+        return Decision("keep", mean, "the first result on this branch: the baseline")
+    best_mean = sum(best) / len(best)
+    gain = round(best_mean - mean, 9)
+    against = f"the best {best_mean:.6f}" + (f" (mean of {len(best)} runs)" if len(best) > 1 else "")
+    if gain <= 0:
+        return Decision("discard", mean, f"{runs}{mean:.6f} is no better than {against}")
+    if noise is None:  # nothing has run twice yet: this promising result measures the noise
+        if len(values) < max_runs:
+            return Decision("confirm", mean, f"gain {gain:+.6f} and no noise estimate yet: running it again to measure it")
+        return Decision("discard", mean, f"{runs}gain {gain:+.6f} but no noise estimate", remeasure=len(best) < 2)
+
+    def need(n: int, n_best: int) -> float:
+        return round(t_look(noise.dof) * noise.sigma * math.sqrt(1 / n + 1 / n_best), 9)
+
+    bar = need(len(values), len(best))
+    test = f"needs > {bar:.6f}: one-sided test at {FALSE_KEEP:.0%} false keeps, noise sd {noise.sigma:.6f} ({noise.dof} dof)"
+    if gain > bar:
+        return Decision("keep", mean, f"{runs}gain {gain:+.6f} vs {against}; {test}")
+    best_limits = len(best) < 2 and gain > need(max_runs, 2)  # one more run of the best could make it pass
+    if len(values) < max_runs and gain > need(max_runs, len(best)):
+        return Decision("confirm", mean, f"gain {gain:+.6f} is promising ({test}): running it again")
+    return Decision("discard", mean, f"{runs}gain {gain:+.6f} vs {against} is within the noise ({test})",
+                    remeasure=best_limits)
 
 def check_rule(rule: str) -> str:
     if rule not in KEEP_RULES:
@@ -80,3 +169,24 @@ def decide(rule: str, best: Optional[float], values: Sequence[Optional[float]], 
     if len(values) == 1 and gain <= round(CONFIRM_ABOVE * floor, 9):
         return Decision("confirm", mean, f"gain {gain:+.6f} is within {CONFIRM_ABOVE:g}x the noise floor {floor:.6f}: confirming")
     return Decision("keep", mean, f"{runs}gain {gain:+.6f} clears the noise floor {floor:.6f} (best {best:.6f})")
+
+
+MOOD_RATIO = 2.0  # machine speeds (run/probe.py) further apart than this are not comparable runs
+
+
+def same_machine(best: Sequence[tuple[Optional[float], Optional[float]]], speed: Optional[float]):
+    """The best's runs (value, machine speed from run/probe.py) made at a speed like `speed`.
+
+    Returns (values, ratio): the comparable values, and how far the machine's speed was from
+    the nearest best run's when none is comparable (ratio > MOOD_RATIO; 1.0 otherwise).
+    Runs without a probe are taken as comparable."""
+    if not speed:
+        return [v for v, _ in best], 1.0
+    probed = [(v, m) for v, m in best if m]
+    if not probed:
+        return [v for v, _ in best], 1.0
+    near = [v for v, m in probed if max(m / speed, speed / m) <= MOOD_RATIO]
+    if near:
+        return near, 1.0
+    closest = min(probed, key=lambda vm: max(vm[1] / speed, speed / vm[1]))[1]
+    return [], speed / closest

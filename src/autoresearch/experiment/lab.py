@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 from autoresearch.experiment.step import StepSettings
 from autoresearch.workspace.config import RESULTS_NAME, RUNS_RELDIR
 from autoresearch.journal.queries import Entry, best_entry, budget_key, join, render_description
-from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, NOISE_RUNS
+from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Noise
 from autoresearch.journal.files import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
 from autoresearch.run.process import RunResult, allocate_log
 from autoresearch.experiment.signals import Signals
@@ -82,7 +82,8 @@ class LoopReport:
     recovered: int = 0  # experiments of a dead process cleaned up on start
     best: Optional[float] = None
     best_commit: Optional[str] = None
-    noise_floor: Optional[float] = None
+    noise_floor: Optional[float] = None  # the `noise` rule's floor
+    noise_sd: Optional[float] = None  # the `test` rule's pooled run-to-run standard deviation
     cost_usd: float = 0.0
     stop_reason: str = ""
     interrupted: bool = False
@@ -109,7 +110,8 @@ class Lab:
         self._emit_lock = threading.Lock()  # events come from several threads; displays are not thread-safe
         self._local = threading.local()
         self.report = LoopReport()
-        self.floor: Optional[float] = None
+        self.floor: Optional[float] = None  # the `noise` rule's floor
+        self.remeasure = False  # the `test` rule: re-run the single-run best before the next experiment
 
     # -- who is running (a worker label per thread, "" with one worker)
 
@@ -165,6 +167,27 @@ class Lab:
 
     def new_log(self, commit: str) -> Path:
         return allocate_log(self.folder / RUNS_RELDIR, commit)[1]
+
+    def _my_runs(self) -> list[dict]:
+        return [r for r in self.records() if r.get("event") == "run" and isinstance(r.get("budget"), (int, float))
+                and budget_key(r["budget"]) == self.key[0] and str(r.get("backend") or "") == self.key[1]]
+
+    def runs_of(self, commit: str) -> list[Optional[float]]:
+        """val_bpb of every run of `commit` with this budget and backend (None: it failed)."""
+        return [r.get("val_bpb") if r.get("status") == "ok" else None
+                for r in self._my_runs() if str(r.get("commit", ""))[:7] == commit[:7]]
+
+    def runs_with_speed(self, commit: str) -> list[tuple[Optional[float], Optional[float]]]:
+        """(val_bpb, machine GFLOP/s) of every successful run of `commit` (this budget and backend)."""
+        return [(r.get("val_bpb"), r.get("machine")) for r in self._my_runs()
+                if str(r.get("commit", ""))[:7] == commit[:7] and r.get("status") == "ok"]
+
+    def noise(self) -> Optional[Noise]:
+        """The pooled run-to-run noise of every script run more than once (this budget and backend)."""
+        groups: dict[str, list] = {}
+        for r in self._my_runs():
+            groups.setdefault(str(r.get("commit", ""))[:7], []).append(r.get("val_bpb") if r.get("status") == "ok" else None)
+        return Noise.pooled(groups.values())
 
     def recorded_floor(self) -> Optional[float]:
         """The noise floor measured earlier for this budget and backend, if any."""

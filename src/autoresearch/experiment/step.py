@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from autoresearch.integrity.static_check import check_proposal
-from autoresearch.experiment.keep import Decision, decide
+from autoresearch.experiment.keep import MAX_RUNS, Decision, decide, decide_test, same_machine
 from autoresearch.proposers.base import Proposal, Usage
 from autoresearch.journal.files import ResultRow
 from autoresearch.run.process import RunResult, rejected_run, rejection_note
@@ -163,6 +163,7 @@ class Plan:
     usage: Usage
     floor: Optional[float]
     common: dict = field(default_factory=dict)  # fields of every record of this experiment
+    best_commit: Optional[str] = None  # whose runs the `test` rule compares with
     finished: bool = False
     seeds: list = field(default_factory=list)  # AUTORESEARCH_SEED of each run (None: the script's own)
 
@@ -217,6 +218,7 @@ def run_experiment(
                     plan.finished = True
                     return None
         lab.record("started", id=plan.xid, kind=kind, commit=commit, parent=parent, **plan.common)
+        plan.best_commit = base[2] if base is not None and len(base) > 2 else _best_commit(lab)
         return _judge(lab, checkout, runner, plan, commit, parent, best, refused, attempt=0)
     except BaseException as e:
         if not plan.finished:
@@ -244,12 +246,15 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
     else:
         try:
             result = runner.run(commit, seed=seed, on_progress=progress)
-        except (KeyboardInterrupt, StopRequested):  # a runner that lets the interrupt through
+        except (KeyboardInterrupt, StopRequested):  # a runner that lets the interrupt through: still journalled
+            lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status="interrupted",
+                       val_bpb=None, reason="interrupted by the user (Ctrl-C or a stop signal)", budget=s.budget,
+                       backend=s.backend)
             raise Abandoned(kind) from None
     lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status=result.status,
                val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason,
                returncode=result.returncode, budget=s.budget, backend=s.backend, log=str(result.log_path),
-               summary=result.summary, rejection=result.rejection or None)
+               summary=result.summary, rejection=result.rejection or None, machine=result.machine)
     lab.emit("run_finished", number=plan.number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
     if result.status == "interrupted":
         raise Abandoned(kind, result)
@@ -260,24 +265,53 @@ def _value(result: RunResult) -> Optional[float]:
     return result.val_bpb if result.status == "ok" else None
 
 
+def _best_commit(lab: Lab) -> Optional[str]:
+    row = lab.best_row()
+    return row.commit if row else None
+
+
+def _decide(lab: Lab, plan: Plan, best: Optional[float], values: list, results: list[RunResult]) -> Decision:
+    s = lab.settings
+    if s.keep_rule != "test":
+        return decide(s.keep_rule, best, values, plan.floor)
+    speeds = [r.machine for r in results if r.machine]
+    speed = sum(speeds) / len(speeds) if speeds else None
+    best_runs, ratio = same_machine(lab.runs_with_speed(plan.best_commit) if plan.best_commit else [], speed)
+    if best is not None and not best_runs and ratio == 1.0:
+        best_runs = [best]  # a best written by hand, without runs in the journal
+    if ratio != 1.0 and not any(v is None for v in values):
+        # The machine's load changed since the best was measured: never credit the edit with it.
+        lab.remeasure = True
+        mean = sum(values) / len(values)
+        how = f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
+        return Decision("discard", mean, f"not credited: the machine ran {how} than during the best's runs "
+                        f"(a fixed probe, run/probe.py); the best is re-run at this speed first", remeasure=True)
+    decision = decide_test(best_runs or None, values, lab.noise())
+    if decision.remeasure:
+        lab.remeasure = True
+    return decision
+
+
 def _judge(lab: Lab, checkout: Checkout, runner: Runner, plan: Plan, commit: str, parent: str, best: Optional[float],
            refused: Optional[str], attempt: int) -> Outcome:
     """Run `commit` (built on `parent`, whose best was `best`), decide, and finish; a win over
     a best that moved meanwhile is re-applied on the new best and judged again."""
-    s, floor = lab.settings, plan.floor
+    s = lab.settings
     kind = plan.kind if attempt == 0 else "confirm"
     results = [run_once(lab, runner, plan, commit, kind, None, refused)]
     values = [_value(results[0])]
-    decision = decide(s.keep_rule, best, values, floor)
-    if decision.action == "confirm" and not checkout.moved(parent):
-        results.append(run_once(lab, runner, plan, commit, "confirm", s.noise_runs + 1))  # a seed the noise runs did not use
+    decision = _decide(lab, plan, best, values, results)
+    while decision.action == "confirm" and not checkout.moved(parent) and len(values) < MAX_RUNS:
+        # seeds the noise runs did not use: noise_runs + 1, + 2, ...
+        results.append(run_once(lab, runner, plan, commit, "confirm", s.noise_runs + len(values)))
         values.append(_value(results[-1]))
-        decision = decide(s.keep_rule, best, values, floor)
+        decision = _decide(lab, plan, best, values, results)
     with lab.lock:
         moved = decision.action in ("keep", "confirm") and checkout.moved(parent)
         if not moved:
             return _finish(lab, checkout, plan, commit, parent, decision, values, results, best)
         onto, new_best = checkout.head(), lab.best()
+        plan.best_commit = _best_commit(lab)
     # A win against an older best: re-apply it on the new best and run it again.
     measured = f"{decision.value:.6f} on {parent[:7]}"
     if attempt >= MAX_REAPPLY:

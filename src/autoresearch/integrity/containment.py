@@ -5,18 +5,19 @@ the `ar` process never reach the training script.
 
 Processes: the runner starts the script in its own process group and signals the group.
 A process that calls setsid()/setpgid() (a daemon, a detached server) leaves the group,
-and a group kill misses it. ProcessTracker walks the process table while the run lasts
-(every POLL_SECONDS) and remembers every descendant of the script (by parent pid) and
-every process that carries the run's marker (RUN_ID_ENV) in its environment; at the end
-those still alive are killed. On Linux the `ar` process is also a child subreaper while
-runs are active, so a descendant whose parent exits is re-parented to `ar` (not to
-init) and stays findable. On macOS (no /proc) the table comes from `ps`, twice a second,
-and environments are not read.
+and a group kill misses it. ProcessTracker walks the process table (psutil) while the run
+lasts (every POLL_SECONDS) and remembers every descendant of the script (by parent pid)
+and every process of our user that carries the run's marker (RUN_ID_ENV) in its
+environment; at the end those still alive are killed. psutil reads another process's
+environment on Linux and on macOS alike. On Linux the `ar` process is also a child
+subreaper while runs are active, so a descendant whose parent exits is re-parented to
+`ar` (not to init) and stays findable; macOS has no subreaper (the orphan goes to
+launchd), so there it is found by its marker or as a child of a process already tracked.
 
-Residual gap: a process that detaches and clears its environment between two polls
-while another run is active at the same time (parallel workers), or one that is started
-by something that is not a descendant (a user service manager, cron, ssh to localhost),
-is not found.
+Residual gap: a process that detaches and drops its environment (exec with an empty one)
+between two polls (on Linux only while another run is active at the same time, i.e.
+parallel workers; on macOS at any time), or one that is started by something that is not
+a descendant (a user service manager, cron, ssh to localhost), is not found.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import ctypes
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional
+
+import psutil
 
 RUN_ID_ENV = "AUTORESEARCH_RUN_ID"
 POLL_SECONDS = 0.2 if sys.platform.startswith("linux") else 0.5
@@ -73,67 +75,53 @@ class Proc:
     pid: int
     ppid: int
     pgid: int
-    start: int  # start time in clock ticks since boot (Linux); 0 where unknown
+    start: float  # psutil's create_time: with the pid, tells a process from a later one given the same pid
     cmd: str
     zombie: bool = False
 
 
-def _read_stat(pid: int) -> Optional[Proc]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    head, _, rest = raw.rpartition(")")
-    fields = rest.split()
-    if len(fields) < 20 or fields[0] == "X":
-        return None
-    return Proc(pid, int(fields[1]), int(fields[2]), int(fields[19]), head.partition("(")[2], fields[0] == "Z")
+_ATTRS = ["ppid", "create_time", "name", "status"]
 
 
 def process_table(zombies: bool = False) -> dict[int, Proc]:
-    """Every live process (and the zombies, if asked): from /proc on Linux, from `ps` elsewhere."""
-    if os.path.isdir("/proc/self"):
-        out = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                p = _read_stat(int(name))
-                if p is not None and (zombies or not p.zombie):
-                    out[p.pid] = p
-        return out
-    try:
-        text = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,pgid=,stat=,comm="], capture_output=True, text=True,
-                              timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
+    """Every live process (and the zombies, if asked)."""
     out = {}
-    for line in text.splitlines():
-        parts = line.split(None, 4)
-        if len(parts) >= 4 and parts[0].isdigit() and (zombies or not parts[3].startswith("Z")):
-            out[int(parts[0])] = Proc(int(parts[0]), int(parts[1]), int(parts[2]), 0, parts[4] if len(parts) > 4 else "",
-                                      parts[3].startswith("Z"))
+    # A fresh psutil.Process per pid rather than psutil.process_iter, whose shared cache
+    # (and the `info` it sets on cached objects) is not safe for the trackers of parallel
+    # workers polling in several threads at once.
+    for pid in psutil.pids():
+        try:
+            info = psutil.Process(pid).as_dict(_ATTRS)  # a field it may not read is None
+            pgid = os.getpgid(pid)  # psutil has no process group; the call is cheap on Linux and macOS
+        except (psutil.NoSuchProcess, OSError):  # gone since the listing
+            continue
+        zombie = info["status"] == psutil.STATUS_ZOMBIE
+        if info["ppid"] is None or info["status"] == psutil.STATUS_DEAD or (zombie and not zombies):
+            continue
+        out[pid] = Proc(pid, info["ppid"], pgid, info["create_time"] or 0.0, info["name"] or "", zombie)
     return out
 
 
 def _same(p: Proc) -> bool:
     """`p` is still alive and is the same process (not a reused pid)."""
-    if os.path.isdir("/proc/self"):
-        now = _read_stat(p.pid)
-        return now is not None and not now.zombie and now.start == p.start
     try:
-        os.kill(p.pid, 0)
-    except ProcessLookupError:
+        now = psutil.Process(p.pid)
+        return now.status() != psutil.STATUS_ZOMBIE and now.create_time() == p.start
+    except psutil.NoSuchProcess:  # ZombieProcess included
         return False
-    except PermissionError:
-        return True
-    return True
+    except psutil.AccessDenied:
+        return True  # it exists; we may not look closer
 
 
-def _has_marker(pid: int, marker: bytes) -> bool:
+def _has_marker(pid: int, run_id: str) -> bool:
+    """The process is of our user and carries the run's marker. psutil reads the environment
+    a process was started with (Linux: /proc/<pid>/environ; macOS: sysctl KERN_PROCARGS2,
+    same user only), so unsetting the variable later does not hide it; an exec with an
+    empty environment does."""
     try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read()
-    except OSError:
+        proc = psutil.Process(pid)
+        return proc.uids().effective == os.getuid() and proc.environ().get(RUN_ID_ENV) == run_id
+    except (psutil.Error, OSError):  # gone, not ours to read, or a kernel thread
         return False
 
 
@@ -179,11 +167,11 @@ class ProcessTracker:
 
     def __init__(self, root_pid: int, run_id: str, interval: float = POLL_SECONDS):
         self.root = root_pid
-        self.marker = f"{RUN_ID_ENV}={run_id}\0".encode()
+        self.run_id = run_id
         self.interval = interval
         self.tracked: dict[int, Proc] = {}
-        self._seen: set[tuple[int, int]] = set()  # (pid, start) whose environment was read
-        self._root_start: Optional[int] = None
+        self._seen: set[tuple[int, float]] = set()  # (pid, start) whose environment was read
+        self._root_start: Optional[float] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._reaper = _subreaper()
@@ -250,16 +238,13 @@ class ProcessTracker:
         for p in children.get(me, []):
             if alone and self._orphan(p):
                 found.append(p)
-        if sys.platform.startswith("linux"):
-            uid = os.getuid()
-            for p in table.values():
-                key = (p.pid, p.start)
-                if key in self._seen:
-                    continue
-                self._seen.add(key)
-                with contextlib.suppress(OSError):
-                    if os.stat(f"/proc/{p.pid}").st_uid == uid and p.pid != me and _has_marker(p.pid, self.marker):
-                        found.append(p)
+        for p in table.values():
+            key = (p.pid, p.start)
+            if key in self._seen:
+                continue
+            self._seen.add(key)  # each process's environment is read once
+            if p.pid != me and _has_marker(p.pid, self.run_id):
+                found.append(p)
         stack = list(found)
         while stack:
             p = stack.pop()

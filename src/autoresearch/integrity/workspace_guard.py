@@ -24,6 +24,9 @@ from autoresearch.workspace.editable import check_editable
 # -- the workspace around a run ----------------------------------------------------------------
 
 _IMPORTABLE = (".py", ".pyc", ".pyd", ".so", ".pth", ".dylib")
+# What `ar plot` and `ar report` write in the workspace, maybe while a run is going on:
+# never the run's doing, and nothing the judge or a later run reads.
+_AR_OUTPUTS = ("progress.png", "report.html")
 _COPY_LIMIT = 1 << 20  # .git files up to this size are copied (packs are only listed)
 
 
@@ -189,7 +192,7 @@ class WorkspaceGuard:
                 now[rel] = e
         # New things first, deepest first, so a new folder is empty when it is removed.
         for rel in sorted(set(now) - set(before), key=lambda r: -r.count("/")):
-            if label == "" and rel == self.log_rel:
+            if label == "" and (rel == self.log_rel or rel in _AR_OUTPUTS):
                 continue
             path = root / rel
             if now[rel].kind == "dir":
@@ -202,7 +205,7 @@ class WorkspaceGuard:
             if "/" not in rel or (rel.rsplit("/", 1)[0] in before):
                 problems.append(f"created {label}{rel} (removed)")
         for rel, old in sorted(before.items()):
-            if label == "" and rel == self.log_rel:
+            if label == "" and (rel == self.log_rel or rel in _AR_OUTPUTS):
                 continue
             cur = now.get(rel)
             if cur is not None and cur.kind == old.kind and cur.target == old.target and (

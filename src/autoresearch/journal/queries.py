@@ -81,16 +81,22 @@ def join(rows: Sequence[ResultRow], records: Iterable[dict], *, budget: float, b
         if id(rec) not in used:
             spare[str(rec["commit"])[:7]] = rec
     out = []
+    keys = {budget: budget_key(budget)}  # a journal has few budgets: format each once
     for n, row in enumerate(rows, start=1):
         rec = matched.get(n) or spare.pop(row.commit[:7], {})
         rb = rec.get("budget")
+        if not isinstance(rb, (int, float)):
+            rb = budget
+        if rb not in keys:
+            keys[rb] = budget_key(rb)
+        usage = rec.get("usage")
         out.append(Entry(
             number=n,
             row=row,
-            budget=budget_key(rb) if isinstance(rb, (int, float)) else budget_key(budget),
+            budget=keys[rb],
             backend=str(rec.get("backend") or backend),
             worker=str(rec.get("worker") or ""),
-            usage=rec.get("usage") if isinstance(rec.get("usage"), dict) else None,
+            usage=usage if isinstance(usage, dict) else None,
             recovered=rec.get("event") == "recovered",
             record=rec,
         ))
@@ -103,7 +109,7 @@ def history(folder: Path, *, budget: float, backend: str, results_name: str = "r
     folder = Path(folder)
     rows = read_results(folder / results_name)
     runs = runs_path or folder / ".autoresearch" / "runs" / "runs.jsonl"
-    return join(rows, read_run_records(runs), budget=budget, backend=backend)
+    return join(rows, read_run_records(runs, events=ROW_EVENTS), budget=budget, backend=backend)
 
 
 def best_entry(entries: Iterable[Entry], key: tuple[str, str], ancestry: Optional[set[str]] = None) -> Optional[Entry]:

@@ -214,6 +214,11 @@ class ParallelLoop:
             if reason:
                 lab.report.stop_reason = lab.report.stop_reason or reason
                 return False
+            remeasure, lab.remeasure = lab.remeasure, False  # one worker re-runs the best (`test` rule)
+        if remeasure:
+            phases.remeasure_best(lab, _SlotRunner(self, slot), len(lab.rows()))
+            return True
+        with lab.lock:
             rows = lab.rows()
             best = lab.best_row(rows)
             parent = self.ws.head_commit()

@@ -66,7 +66,23 @@ def prepare(lab: Lab, checkout: Checkout, runner: Runner, limit: Callable[[], Op
         if best is not None and lab.s.keep_rule == "noise" and lab.floor is None:
             measure_noise(lab, runner, rows, best)
             continue
+        if best is not None and lab.s.keep_rule == "test" and (lab.remeasure or _maybe_lucky(lab, rows, best)):
+            remeasure_best(lab, runner, len(rows))
+            continue
         return True
+
+
+LUCKY_AFTER = 3  # non-keeps in a row against a best measured once: re-run it (it may be a lucky draw)
+
+
+def _maybe_lucky(lab: Lab, rows, best) -> bool:
+    """A best measured once that LUCKY_AFTER experiments in a row failed to beat: a lucky draw
+    would block real gains, so it is re-run (one run, at most once per LUCKY_AFTER experiments)."""
+    if len([v for v in lab.runs_of(best.commit) if v is not None]) != 1:
+        return False
+    mine = lab.mine(rows)
+    at = max((i for i, e in enumerate(mine) if e.row.commit == best.commit and e.row.status == "keep"), default=None)
+    return at is not None and len(mine) - at - 1 >= LUCKY_AFTER
 
 
 def _needs_baseline(lab: Lab, rows) -> bool:
@@ -92,6 +108,23 @@ def measure_noise(lab: Lab, runner: Runner, rows, best) -> None:
              note=", ".join("crash" if v is None else f"{v:.6f}" for v in values))
 
 
+def remeasure_best(lab: Lab, runner: Runner, number: int) -> None:
+    """The `test` rule: the best has one run and a decision needed more; run it once more
+    under another seed. Its mean is then the best to beat, and its spread feeds the noise."""
+    lab.remeasure = False
+    head = lab.ws.head_commit()
+    seed = len(lab.runs_of(head))  # 1, 2, ...: the first run had the script's own seed
+    plan = Plan(uuid.uuid4().hex[:12], number, "remeasure", f"re-run of the best {head} (seed {seed})", Usage(), None)
+    run_once(lab, runner, plan, head, "remeasure", seed)
+    values = lab.runs_of(head)
+    noise = lab.noise()
+    sd = f"noise sd {noise.sigma:.6f} ({noise.dof} dof)" if noise else "no noise estimate yet"
+    lab.record("remeasured", id=plan.xid, commit=head, values=values, noise_sd=noise.sigma if noise else None,
+               noise_dof=noise.dof if noise else 0, budget=lab.s.budget, backend=lab.s.backend)
+    lab.emit("noise", commit=head or "", val_bpb=noise.sigma if noise else None,
+             note=f"the best {head} re-run: " + ", ".join("crash" if v is None else f"{v:.6f}" for v in values) + f"; {sd}")
+
+
 def finished(lab: Lab, outcome: Optional[Outcome], kind: str) -> None:
     """Count an outcome in the report and tell the display."""
     if outcome is None:
@@ -113,6 +146,8 @@ def stop(lab: Lab) -> None:
     r.best = best.val_bpb if best else None
     r.best_commit = best.commit if best else None
     r.noise_floor = lab.floor
+    noise = lab.noise() if lab.s.keep_rule == "test" else None
+    r.noise_sd = noise.sigma if noise else None
     lab.record("loop_stopped", reason=r.stop_reason, experiments=r.experiments, kept=r.kept,
                cost_usd=round(r.cost_usd, 6), head=lab.ws.head_commit())
     lab.emit("stopped", note=r.stop_reason, best=r.best)

@@ -23,7 +23,8 @@ from rich.text import Text
 from autoresearch.experiment.lab import LoopEvent
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red"}
-_RUN_LABEL = {"baseline": "baseline", "experiment": "experiment", "confirm": "confirmation run", "noise": "noise-floor run"}
+_RUN_LABEL = {"baseline": "baseline", "experiment": "experiment", "confirm": "confirmation run", "noise": "noise-floor run",
+              "remeasure": "re-run of the best", "run": "run"}
 
 
 def _bpb(v: Optional[float]) -> str:
@@ -95,6 +96,8 @@ class PlainDisplay:
             self.line(f"  {_who(e)}{row}[{style}]{e.status}[/] {_bpb(e.val_bpb)}  best {_bpb(e.best)}: {escape(e.note)}")
         elif k == "noise_floor":
             self.line(f"noise floor {_bpb(e.val_bpb)} (runs of {e.commit}: {e.note})")
+        elif k == "noise":
+            self.line(escape(e.note))
         elif k == "no_proposal":
             self.line(f"{_who(e)}[yellow]no proposal[/] ({e.description}): {escape(e.note)}")
         elif k == "abandoned":
@@ -173,7 +176,7 @@ class LiveDisplay(PlainDisplay):
                 done.event = None
             style = STATUS_STYLE.get(e.status, "")
             self.line(f"{_who(e)}#{e.number} [{style}]{e.status}[/] {_bpb(e.val_bpb)}  {escape(e.description)}  [dim]{escape(e.note)}[/]")
-        elif k in ("recovered", "noise_floor", "no_proposal", "abandoned"):
+        elif k in ("recovered", "noise_floor", "noise", "no_proposal", "abandoned"):
             super().__call__(e)
 
     def render(self):

@@ -1,16 +1,24 @@
-"""`ar results`: the table (as one Rich Text with fixed-width columns: the same look as a
-Rich Table, and 10,000 rows render in a fraction of a second) and the JSON for scripts."""
+"""`ar results`: the table and the JSON for scripts.
+
+Piped or redirected (`| less`, `| grep`, `> file`), the table is plain text, streamed a
+line at a time (`results_plain`): every row, no escape codes, 10,000 rows in a few
+hundredths of a second. On a terminal it is one Rich Text with fixed-width columns and
+colours (`results_text`), cut to the latest rows that fit the window (`rows_that_fit`)
+with a line saying how many are hidden and how to see them: 10,000 rows through Rich
+would take seconds, only to scroll off the screen.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Iterator, Optional
 
 from autoresearch.ui.view import TABLE_COLUMNS, View, table_rows
 
 _RIGHT = {0, 2, 3, 4}
 _STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red"}
 _TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens")
+MIN_ROWS = 5  # rows shown on however small a terminal
 
 
 def _spent(view: View) -> dict[int, dict]:
@@ -34,24 +42,92 @@ def results_json(view: View) -> str:
     return json.dumps({"rows": rows, "summary": {**view.summary().as_dict(), "llm": llm}}, indent=1)
 
 
-def results_text(view: View, last: Optional[int] = None):
-    """The table (a rich.text.Text) and the summary lines under it."""
-    from rich.text import Text
-
-    entries, spent = view.entries, _spent(view)
-    several = len(view.backends) > 1  # rows of different backends are never compared: say which is which
-    cells = table_rows(entries, view.best_before())
+def _cells(view: View, spent: dict[int, dict], last: Optional[int]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The column names and the cells of the last `last` rows (None: all of them)."""
+    entries = view.entries
+    before = view.best_before()  # over every row: a row is compared with all the rows before it
     columns = TABLE_COLUMNS
-    extra = [("backend", lambda e: e.backend)] if several else []
+    extra = []  # decided on every row, so --last shows the same columns as the whole table
+    if len(view.backends) > 1:  # rows of different backends are never compared: say which is which
+        extra.append(("backend", lambda e: e.backend))
     if any(e.worker for e in entries):  # `ar loop --workers`: who ran what
         extra.append(("worker", lambda e: e.worker))
     if spent:
         extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))
+    if last is not None:  # only the rows shown are formatted
+        start = max(0, len(entries) - last)
+        entries, before = entries[start:], before[start:]
+    cells = table_rows(entries, before)
     for name, cell in extra:  # before the description
         columns = columns[:-1] + (name,) + columns[-1:]
         cells = [c[:-1] + (cell(e),) + c[-1:] for c, e in zip(cells, entries)]
-    cells = cells[-last:] if last else cells
-    widths = [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
+    return columns, cells
+
+
+def _widths(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[int]:
+    return [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
+
+
+def _summary_lines(view: View, spent: dict[int, dict]) -> list[str]:
+    s = view.summary()
+    line = f"{s.experiments} experiments, {s.kept} kept, {s.discarded} discarded, {s.crashed} crashed"
+    if s.baseline is not None:
+        group = f" ({s.key[1]}, {s.key[0]} s)" if len(view.backends) > 1 and s.key else ""
+        line += f"; baseline {s.baseline:.6f} -> best {s.best:.6f}{group}"
+        line += f" ({-s.improvement:+.6f}, {-s.improvement_pct:+.2f}%)"
+    lines = [line]
+    if spent:
+        tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
+        cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
+        lines.append(f"LLM: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
+                     f"{tokens['cache_read_tokens']:,} cached tokens; ${cost:.2f} in total")
+    return lines
+
+
+def results_plain(view: View, last: Optional[int] = None) -> Iterator[str]:
+    """The table and the summary as plain lines (each ending in a newline), for a pipe."""
+    spent = _spent(view)
+    columns, cells = _cells(view, spent, last)
+    widths = _widths(columns, cells)
+    pads = [str.rjust if k in _RIGHT else str.ljust for k in range(len(widths))]
+
+    def line(c: tuple[str, ...]) -> str:
+        return "  ".join([pad(c[k], w) for k, (pad, w) in enumerate(zip(pads, widths))] + [c[-1]]).rstrip() + "\n"
+
+    yield line(columns)
+    for c in cells:
+        yield line(c)
+    for summary in _summary_lines(view, spent):
+        yield summary + "\n"
+
+
+def rows_that_fit(rows: int, height: int, other_lines: int) -> int:
+    """How many of `rows` table rows a terminal of `height` lines shows at once, with
+    `other_lines` lines besides them (header, summary, the prompt after) and, when not
+    all fit, one more saying what is hidden."""
+    if rows + other_lines <= height:
+        return rows
+    return min(rows, max(MIN_ROWS, height - other_lines - 1))
+
+
+def results_text(view: View, last: Optional[int] = None, height: Optional[int] = None, width: int = 80):
+    """The table (a rich.text.Text) and the lines under it, for a terminal.
+
+    With `height` (the terminal's lines; `width` its columns) and no `last`, only the
+    latest rows that fit are in the table, and the first line under it says how many
+    earlier ones are hidden and how to see them; an explicit `last` is shown whole."""
+    from rich.text import Text
+
+    spent = _spent(view)
+    lines = _summary_lines(view, spent)
+    hidden = 0
+    if height is not None and last is None:
+        total = len(view.entries)
+        wrapped = sum(-(-len(line) // max(width, 1)) for line in lines)  # the summary wraps, rows do not
+        last = rows_that_fit(total, height, other_lines=1 + wrapped + 1)
+        hidden = total - last
+    columns, cells = _cells(view, spent, last)
+    widths = _widths(columns, cells)
     text = Text(no_wrap=True, overflow="ellipsis")
     for k, name in enumerate(columns[:-1]):
         text.append((name.rjust if k in _RIGHT else name.ljust)(widths[k]) + "  ", style="bold")
@@ -65,16 +141,6 @@ def results_text(view: View, last: Optional[int] = None):
             text.append("  ")
         text.append(c[-1] + "\n")
     text.rstrip()
-    s = view.summary()
-    line = f"{s.experiments} experiments, {s.kept} kept, {s.discarded} discarded, {s.crashed} crashed"
-    if s.baseline is not None:
-        group = f" ({s.key[1]}, {s.key[0]} s)" if several and s.key else ""
-        line += f"; baseline {s.baseline:.6f} -> best {s.best:.6f}{group}"
-        line += f" ({-s.improvement:+.6f}, {-s.improvement_pct:+.2f}%)"
-    lines = [line]
-    if spent:
-        tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
-        cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
-        lines.append(f"LLM: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
-                     f"{tokens['cache_read_tokens']:,} cached tokens; ${cost:.2f} in total")
+    if hidden:
+        lines.insert(0, f"({hidden:,} earlier rows hidden; see them all with `ar results | less`)")
     return text, lines

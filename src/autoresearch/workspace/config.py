@@ -1,17 +1,18 @@
 """Workspace settings (.autoresearch/config.toml) and `ar init`.
 
 The config is committed with the workspace so every experiment of one research run is
-judged with the same profile, data source and budget. It is flat, so it is written by
-hand here and read with tomllib (`autoresearch.data.context.read_workspace_config`).
+judged with the same profile, data source and budget. It is flat; it is written with
+tomli_w here and read with tomllib (`autoresearch.data.context.read_workspace_config`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional
+
+import tomli_w
 
 from autoresearch.data.context import CONFIG_RELPATH, RunContext, read_workspace_config
 from autoresearch.errors import ArError
@@ -22,7 +23,7 @@ BRANCH_PREFIX = "autoresearch/"
 RESULTS_NAME = "results.tsv"
 RUNS_RELDIR = Path(".autoresearch") / "runs"
 PROGRAM_NAME = "program.md"
-GITIGNORE_LINES = ("results.tsv", "results-*.tsv", "progress.png", ".autoresearch/runs/")
+GITIGNORE_LINES = ("results.tsv", "results-*.tsv", "progress.png", "report.html", ".autoresearch/runs/")
 SCRIPTS = ("train.py", "train_mlx.py")  # both are written; `--backend` picks the one that runs
 
 
@@ -44,15 +45,14 @@ class WorkspaceConfig:
     source_path: str = ""  # a local source's folder, so error messages print a command that works
 
     def to_toml(self) -> str:
-        lines = ["# autoresearch workspace settings, written by `ar init`; every experiment uses them."]
-        for key in ("tag", "backend", "profile", "source", "budget", "kill"):
-            lines.append(f"{key} = {_toml_value(getattr(self, key))}")
+        values = {key: getattr(self, key) for key in ("tag", "backend", "profile", "source", "budget", "kill")}
         if self.editable != _script_for(self.backend):
-            lines.append(f"editable = {_toml_value(self.editable)}")
+            values["editable"] = self.editable
         for key, default in (("metric", "harness"), ("warmup_allowance", None), ("startup_allowance", None), ("source_path", "")):
             if getattr(self, key) != default:  # optional keys: written only when set
-                lines.append(f"{key} = {_toml_value(getattr(self, key))}")
-        return "\n".join(lines) + "\n"
+                values[key] = getattr(self, key)
+        header = "# autoresearch workspace settings, written by `ar init`; every experiment uses them.\n"
+        return header + tomli_w.dumps({key: _toml_value(v) for key, v in values.items()})
 
     def for_backend(self, requested: Optional[str] = None) -> "WorkspaceConfig":
         """These settings for one run's backend: `requested` (`--backend`, AUTORESEARCH_BACKEND)
@@ -86,12 +86,9 @@ def _script_for(backend: str) -> str:
     return script_for_backend(backend) if backend in BACKENDS else "train.py"
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return repr(v)
+def _toml_value(v):
+    """Whole seconds as integers (`budget = 300`, as users write it), the rest as it is."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def parse_seconds(value, name: str) -> float:

@@ -118,7 +118,8 @@ def merge3(base: str, ours: str, theirs: str) -> Optional[str]:
 
     Unlike git's merge it accepts changes on adjacent lines (git calls those a conflict,
     and a block of hyperparameters is all adjacent lines); an identical change made on
-    both sides counts once.
+    both sides counts once. That is why it is written here: `git merge-file` and the
+    merge3 package (PyPI) both need an unchanged line between the two changes.
     """
     b, o, t = (x.splitlines(keepends=True) for x in (base, ours, theirs))
     mine = _changes(b, o)
