@@ -130,12 +130,12 @@ def test_the_false_keep_rate_holds_on_simulated_noise():
     assert kept / 2000 <= FALSE_KEEP, kept
 
 
-def test_runs_at_another_machine_speed_are_not_compared():
+def test_runs_under_another_foreign_load_are_not_compared():
     from autoresearch.experiment.keep import same_machine
 
-    best = [(1.0, 1000.0), (0.99, 1100.0), (0.9, 15000.0)]
-    assert same_machine(best, 1050.0) == ([1.0, 0.99], 1.0)  # only the runs at a similar speed
-    assert same_machine(best, 15500.0) == ([0.9], 1.0)
-    values, ratio = same_machine(best[:2], 16000.0)
-    assert values == [] and ratio == pytest.approx(16000 / 1100)
-    assert same_machine([(1.0, None)], 16000.0) == ([1.0], 1.0)  # no probe: taken as comparable
+    best = [(1.0, 0.9), (0.99, 0.8), (0.9, 0.05)]  # (val_bpb, share of the machine other work used)
+    assert same_machine(best, 0.85) == ([1.0, 0.99], 0.0)  # only the runs under a similar load
+    assert same_machine(best, 0.0) == ([0.9], 0.0)
+    values, gap = same_machine(best[:2], 0.05)
+    assert values == [] and gap == pytest.approx(0.05 - 0.8)
+    assert same_machine([(1.0, None)], 0.5) == ([1.0], 0.0)  # not measured: taken as comparable

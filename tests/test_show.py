@@ -8,12 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import typer
 from fake_cache import fake_prepared_data
 from fake_llm_server import FakeLLMServer, anthropic_text, anthropic_tool_use
 from typer.testing import CliRunner
 
-from autoresearch.cli import app, console, user_errors
+from autoresearch.cli import app
 from autoresearch.errors import ArError
 from autoresearch.ui.show import experiment_details, render_show, show_json, sparklines
 
@@ -36,33 +35,6 @@ print(f"num_steps: {STEPS}")
 """
 
 # --- the command, as it goes into src/autoresearch/cli.py ----------------------------------
-# cli.py has no `show` yet: this app wires the very body proposed for it, so the wiring is tested.
-show_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@show_app.callback()
-def _root() -> None:
-    """ar (only `show`)."""
-
-
-@show_app.command()
-def show(
-    ref: str = typer.Argument(..., help="The experiment: its row number in `ar results`, or its commit (7+ hex characters)."),
-    folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
-    as_json: bool = typer.Option(False, "--json", help="Print all of it as one JSON object, for scripts."),
-) -> None:
-    """Show one experiment: its diff, metrics, keep decision, loss curve against the best, log tail and cost."""
-    from autoresearch.ui.show import experiment_details, render_show, show_json
-
-    with user_errors():
-        details = experiment_details(folder, ref)
-    if as_json:
-        typer.echo(show_json(details))
-        return
-    for line in render_show(details):
-        console.print(line, highlight=False, soft_wrap=True)
-
-
 # --------------------------------------------------------------------------------------------
 
 
@@ -109,7 +81,7 @@ def results_rows(ws: Path) -> list[dict]:
 
 
 def test_show_by_number_and_by_commit(ws):
-    by_number = invoke(show_app, "show", "2", "--dir", ws)
+    by_number = invoke(app, "show", "2", "--dir", ws)
     assert by_number.exit_code == 0, by_number.output
     out = by_number.output
     commit = results_rows(ws)[1]["commit"]
@@ -127,12 +99,12 @@ def test_show_by_number_and_by_commit(ws):
     assert "(this is the best of its budget and backend)" in out
 
     for ref in (commit, git(ws, "rev-parse", commit)):  # short and full hash
-        by_commit = invoke(show_app, "show", ref, "--dir", ws)
+        by_commit = invoke(app, "show", ref, "--dir", ws)
         assert by_commit.exit_code == 0 and by_commit.output == out
 
 
 def test_a_discard_shows_its_loss_against_the_best(ws):
-    res = invoke(show_app, "show", "3", "--dir", ws)
+    res = invoke(app, "show", "3", "--dir", ws)
     assert res.exit_code == 0, res.output
     best = results_rows(ws)[1]["commit"]
     assert "status discard" in res.output and "decision: 1.220000 does not beat the best 1.200000" in res.output
@@ -147,7 +119,7 @@ def test_unknown_number_or_commit_fails_with_one_line(ws):
     for ref, why in (("99", "no experiment 99: results.tsv has rows 1-3"),
                      ("deadbee", "no experiment with commit deadbee"),
                      ("HEAD", "neither a row number")):
-        res = invoke(show_app, "show", ref, "--dir", ws)
+        res = invoke(app, "show", ref, "--dir", ws)
         assert res.exit_code == 1
         assert res.output.strip().splitlines() == [res.output.strip()] and why in res.output
         assert "Traceback" not in res.output
@@ -158,7 +130,7 @@ def test_unknown_number_or_commit_fails_with_one_line(ws):
 def test_json_matches_ar_results(ws):
     rows = results_rows(ws)
     for n in (1, 2, 3):
-        res = invoke(show_app, "show", str(n), "--dir", ws, "--json")
+        res = invoke(app, "show", str(n), "--dir", ws, "--json")
         assert res.exit_code == 0, res.output
         d = json.loads(res.output)
         row = rows[n - 1]
@@ -183,11 +155,11 @@ def test_an_llm_proposal_shows_its_edit_and_cost(ws, monkeypatch):
     row = results_rows(ws)[3]
     assert row["description"] == "Train for more steps" and row["usage"]["cost_usd"] > 0
 
-    out = invoke(show_app, "show", "4", "--dir", ws).output
+    out = invoke(app, "show", "4", "--dir", ws).output
     assert "-STEPS = 3" in out and "+STEPS = 5" in out
     assert f"cost: ${row['usage']['cost_usd']:.4f} (12,300 input, 820 output" in out
     assert "5 steps" in out and "loss=1.0000" in out  # its own log: five steps, loss down to 1
-    d = json.loads(invoke(show_app, "show", row["commit"], "--dir", ws, "--json").output)
+    d = json.loads(invoke(app, "show", row["commit"], "--dir", ws, "--json").output)
     assert d["usage"]["cost_usd"] == row["usage"]["cost_usd"] and d["status"] == row["status"]
 
 

@@ -94,15 +94,11 @@ def t_look(dof: int) -> float:
 def decide_test(best: Optional[Sequence[float]], values: Sequence[Optional[float]], noise: Optional[Noise],
                 max_runs: int = MAX_RUNS) -> Decision:
     """The `test` rule (see the module doc): `best` is the best's runs (None before a result)."""
-    if not values:
-        raise ValueError("decide_test() needs the result of at least one run")
-    if any(v is None for v in values):
-        which = "a confirmation run" if values[0] is not None else "the run"
-        return Decision("crash", None, f"{which} ended without a val_bpb")
+    first = _crash_or_baseline(values, bool(best))
+    if first is not None:
+        return first
     mean = sum(values) / len(values)
     runs = f"mean of {len(values)} runs " if len(values) > 1 else ""
-    if not best:
-        return Decision("keep", mean, "the first result on this branch: the baseline")
     best_mean = sum(best) / len(best)
     gain = round(best_mean - mean, 9)
     against = f"the best {best_mean:.6f}" + (f" (mean of {len(best)} runs)" if len(best) > 1 else "")
@@ -126,6 +122,19 @@ def decide_test(best: Optional[Sequence[float]], values: Sequence[Optional[float
     return Decision("discard", mean, f"{runs}gain {gain:+.6f} vs {against} is within the noise ({test})",
                     remeasure=best_limits)
 
+
+def _crash_or_baseline(values: Sequence[Optional[float]], has_best: bool) -> Optional[Decision]:
+    """What every rule decides alike: a crash, and the first result (the baseline)."""
+    if not values:
+        raise ValueError("a decision needs the result of at least one run")
+    if any(v is None for v in values):
+        which = "the confirmation run" if values[0] is not None else "the run"
+        return Decision("crash", None, f"{which} ended without a val_bpb")
+    if not has_best:
+        return Decision("keep", sum(values) / len(values), "the first result on this branch: the baseline")
+    return None
+
+
 def check_rule(rule: str) -> str:
     if rule not in KEEP_RULES:
         raise ArError(f"unknown keep rule {rule!r}; use one of {', '.join(KEEP_RULES)}")
@@ -146,15 +155,11 @@ def decide(rule: str, best: Optional[float], values: Sequence[Optional[float]], 
     asked for only while there is a single run.
     """
     check_rule(rule)
-    if not values:
-        raise ValueError("decide() needs the result of at least one run")
-    if any(v is None for v in values):
-        which = "the confirmation run" if values[0] is not None else "the run"
-        return Decision("crash", None, f"{which} ended without a val_bpb")
+    first = _crash_or_baseline(values, best is not None)
+    if first is not None:
+        return first
     mean = sum(values) / len(values)
     runs = f"mean of {len(values)} runs " if len(values) > 1 else ""
-    if best is None:
-        return Decision("keep", mean, "the first result on this branch: the baseline")
     # val_bpb is printed with 6 decimals: compare at 1e-9 so 1.0 - 0.994 is exactly 0.006.
     gain = round(best - mean, 9)
     floor = round(floor, 9) if floor else 0.0
@@ -171,22 +176,22 @@ def decide(rule: str, best: Optional[float], values: Sequence[Optional[float]], 
     return Decision("keep", mean, f"{runs}gain {gain:+.6f} clears the noise floor {floor:.6f} (best {best:.6f})")
 
 
-MOOD_RATIO = 2.0  # machine speeds (run/probe.py) further apart than this are not comparable runs
+MOOD_GAP = 0.25  # runs whose foreign load (run/probe.py) differs by more than this share of the machine differ
 
 
-def same_machine(best: Sequence[tuple[Optional[float], Optional[float]]], speed: Optional[float]):
-    """The best's runs (value, machine speed from run/probe.py) made at a speed like `speed`.
+def same_machine(best: Sequence[tuple[Optional[float], Optional[float]]], load: Optional[float]):
+    """The best's runs (value, foreign load from run/probe.py) made under a load like `load`.
 
-    Returns (values, ratio): the comparable values, and how far the machine's speed was from
-    the nearest best run's when none is comparable (ratio > MOOD_RATIO; 1.0 otherwise).
-    Runs without a probe are taken as comparable."""
-    if not speed:
-        return [v for v, _ in best], 1.0
-    probed = [(v, m) for v, m in best if m]
-    if not probed:
-        return [v for v, _ in best], 1.0
-    near = [v for v, m in probed if max(m / speed, speed / m) <= MOOD_RATIO]
+    Returns (values, gap): the comparable values, and how far the load was from the nearest
+    best run's when none is comparable (|gap| > MOOD_GAP; 0.0 otherwise). Runs without a
+    measurement are taken as comparable."""
+    if load is None:
+        return [v for v, _ in best], 0.0
+    measured = [(v, m) for v, m in best if m is not None]
+    if not measured:
+        return [v for v, _ in best], 0.0
+    near = [v for v, m in measured if abs(m - load) <= MOOD_GAP]
     if near:
-        return near, 1.0
-    closest = min(probed, key=lambda vm: max(vm[1] / speed, speed / vm[1]))[1]
-    return [], speed / closest
+        return near, 0.0
+    closest = min(measured, key=lambda vm: abs(vm[1] - load))[1]
+    return [], load - closest

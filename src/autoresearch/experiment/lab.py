@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 from autoresearch.experiment.step import StepSettings
 from autoresearch.workspace.config import RESULTS_NAME, RUNS_RELDIR
 from autoresearch.journal.queries import Entry, best_entry, budget_key, join, render_description
-from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Noise
+from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, MOOD_GAP, NOISE_RUNS, Noise
 from autoresearch.journal.files import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
 from autoresearch.run.process import RunResult, allocate_log
 from autoresearch.experiment.signals import Signals
@@ -177,16 +177,20 @@ class Lab:
         return [r.get("val_bpb") if r.get("status") == "ok" else None
                 for r in self._my_runs() if str(r.get("commit", ""))[:7] == commit[:7]]
 
-    def runs_with_speed(self, commit: str) -> list[tuple[Optional[float], Optional[float]]]:
-        """(val_bpb, machine GFLOP/s) of every successful run of `commit` (this budget and backend)."""
+    def runs_with_load(self, commit: str) -> list[tuple[Optional[float], Optional[float]]]:
+        """(val_bpb, foreign load) of every successful run of `commit` (this budget and backend)."""
         return [(r.get("val_bpb"), r.get("machine")) for r in self._my_runs()
                 if str(r.get("commit", ""))[:7] == commit[:7] and r.get("status") == "ok"]
 
     def noise(self) -> Optional[Noise]:
         """The pooled run-to-run noise of every script run more than once (this budget and backend)."""
-        groups: dict[str, list] = {}
+        groups: dict[tuple, list] = {}
         for r in self._my_runs():
-            groups.setdefault(str(r.get("commit", ""))[:7], []).append(r.get("val_bpb") if r.get("status") == "ok" else None)
+            # Runs of one script under very different foreign loads differ by the machine, not by chance.
+            load = r.get("machine")
+            band = round(load / MOOD_GAP) if isinstance(load, (int, float)) else None
+            groups.setdefault((str(r.get("commit", ""))[:7], band), []).append(
+                r.get("val_bpb") if r.get("status") == "ok" else None)
         return Noise.pooled(groups.values())
 
     def recorded_floor(self) -> Optional[float]:

@@ -274,18 +274,18 @@ def _decide(lab: Lab, plan: Plan, best: Optional[float], values: list, results: 
     s = lab.settings
     if s.keep_rule != "test":
         return decide(s.keep_rule, best, values, plan.floor)
-    speeds = [r.machine for r in results if r.machine]
-    speed = sum(speeds) / len(speeds) if speeds else None
-    best_runs, ratio = same_machine(lab.runs_with_speed(plan.best_commit) if plan.best_commit else [], speed)
-    if best is not None and not best_runs and ratio == 1.0:
+    loads = [r.machine for r in results if r.machine is not None]
+    load = sum(loads) / len(loads) if loads else None
+    best_runs, gap = same_machine(lab.runs_with_load(plan.best_commit) if plan.best_commit else [], load)
+    if best is not None and not best_runs and gap == 0.0:
         best_runs = [best]  # a best written by hand, without runs in the journal
-    if ratio != 1.0 and not any(v is None for v in values):
+    if gap != 0.0 and not any(v is None for v in values):
         # The machine's load changed since the best was measured: never credit the edit with it.
         lab.remeasure = True
         mean = sum(values) / len(values)
-        how = f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
-        return Decision("discard", mean, f"not credited: the machine ran {how} than during the best's runs "
-                        f"(a fixed probe, run/probe.py); the best is re-run at this speed first", remeasure=True)
+        how = "less" if gap < 0 else "more"
+        return Decision("discard", mean, f"not credited: other work used {abs(gap):.0%} {how} of the machine than during "
+                        f"the best's runs (run/probe.py); the best is re-run under this load first", remeasure=True)
     decision = decide_test(best_runs or None, values, lab.noise())
     if decision.remeasure:
         lab.remeasure = True

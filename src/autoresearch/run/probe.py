@@ -1,36 +1,51 @@
-"""How fast the machine is right now: a fixed matrix product, timed around each run.
+"""How busy the machine was with other work while a run trained.
 
-A wall-clock budget measures the machine as much as the idea: the same script trained at
-1,100 tok/s while another job ran and at 16,600 tok/s once it had finished (see
-ENVIRONMENT-NOTES). The script's own tok/s cannot tell the two apart, since an edit may
-change it legitimately (a smaller model is faster). A probe that does the same work every
-time can: its GFLOP/s move with the machine's load, never with the edit. The keep rule
-compares a candidate only with runs of the best made while the machine ran at a similar
-speed (experiment/keep.py: same_machine).
+A wall-clock budget measures the machine as much as the idea: the same script trained 8
+steps while another job ran and 26 once it had finished, and scored 2.22 against 1.90
+(measured here, tiny profile, 10 s budget). The script's own tok/s cannot tell the two
+apart, since an edit may change it legitimately (a smaller model is faster), and a timed
+probe before and after the run misses what happens during it. So `ar` measures the CPU
+time the rest of the machine used during the run: the busy time of every core
+(psutil.cpu_times) minus what the run's own processes and `ar` used (getrusage), as a
+fraction of the cores' time. The keep rule compares a candidate only with runs of the
+best made under a similar foreign load (experiment/keep.py: same_machine).
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import time
+from dataclasses import dataclass
 
-_N = 1 << 16  # floats per pass: fits in cache, so the probe times the CPU, not memory
+
+@dataclass(frozen=True)
+class _Mark:
+    wall: float
+    busy: float  # busy CPU seconds of the whole machine
+    ours: float  # CPU seconds of this process and its waited-for children
 
 
-def machine_speed(seconds: float = 0.05) -> float:
-    """Millions of float32 multiply-adds per second on one core now (about `seconds` of work).
+def _mark() -> _Mark:
+    import psutil
 
-    One thread on purpose: a multi-threaded probe would also count the other workers of a
-    parallel loop, which are part of the plan, not a change of the machine."""
-    import numpy as np
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    busy = sum(t) - idle
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return _Mark(time.monotonic(), busy, me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
 
-    x = np.ones(_N, dtype=np.float32)
-    for _ in range(20):  # warm up: page faults and the first call's set-up are not the machine's speed
-        np.multiply(x, 1.0000001, out=x)
-    done, start = 0, time.perf_counter()
-    while True:
-        np.multiply(x, 1.0000001, out=x)
-        np.add(x, 1e-7, out=x)
-        done += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return _N * done / elapsed / 1e6
+
+class ForeignLoad:
+    """start() before a run, stop() after its processes are reaped: the share (0..1) of the
+    machine's CPU time that other work used meanwhile."""
+
+    def start(self) -> "ForeignLoad":
+        self.begin = _mark()
+        return self
+
+    def stop(self) -> float:
+        end = _mark()
+        wall = max(end.wall - self.begin.wall, 1e-6)
+        foreign = (end.busy - self.begin.busy) - (end.ours - self.begin.ours)
+        return round(min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1)))), 3)

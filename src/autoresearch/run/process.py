@@ -63,7 +63,7 @@ class RunResult:
     returncode: Optional[int] = None
     rejection: str = ""  # status "rejected": the short category ("non-causal", "over budget", ...)
     harness: Optional[dict] = None  # the harness's signed evaluation record, when there is one
-    machine: Optional[float] = None  # the machine's speed around the run (run/probe.py): its load, not the script's
+    machine: Optional[float] = None  # share of the machine other work used during the run (run/probe.py)
 
 
 def rejection_note(category: str) -> str:

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 from autoresearch.workspace.config import RUNS_RELDIR
 from autoresearch.integrity.workspace_guard import WorkspaceGuard, compile_harness, harness_state
-from autoresearch.run.probe import machine_speed
+from autoresearch.run.probe import ForeignLoad
 from autoresearch.run.process import DEFAULT_GRACE, RunResult, allocate_log, reject, run_script
 
 
@@ -48,7 +48,7 @@ class ScriptRunner:
         # The workspace must be the committed one; whatever the run changes is undone and rejects it.
         guard = WorkspaceGuard(self.folder, self.editable, log_path, strict=self.strict, harness_baseline=self.harness)
         guard.before()
-        before = machine_speed()
+        load = ForeignLoad().start()
         result = run_script(
             self.folder / self.editable,
             cwd=self.folder,
@@ -60,9 +60,9 @@ class ScriptRunner:
             policy=self.policy,
             stop=self.stop,
         )
+        # How busy the machine was with other work meanwhile (run/probe.py): the keep rule compares like with like.
+        result.machine = load.stop()
         damage = guard.after()
-        # The machine's speed around the run (run/probe.py): the keep rule compares like with like.
-        result.machine = round((before + machine_speed()) / 2, 3)
         if damage and result.status != "interrupted":
             result = reject(result, "workspace modified", "; ".join(damage))
         return result
