@@ -413,9 +413,8 @@ def loop(
 
     Exit code: 0 when a limit stopped it, 130 when interrupted.
     """
-    from autoresearch.experiment.keep import NOISE_RUNS
     from autoresearch.session import open_loop
-    from autoresearch.ui.display import make_display
+    from autoresearch.ui.display import make_display, print_header, print_report
 
     with user_errors():
         session = open_loop(
@@ -423,44 +422,10 @@ def loop(
             budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
             workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
         )
-    cfg, s, ws, chosen = session.cfg, session.settings, session.workspace, session.proposer
-    folder, run_budget, full_budget, run_kill = session.folder, s.budget, s.full_budget, session.runner.kill
-    console.print(f"ar loop on [bold]{ws.branch}[/] in {folder}", highlight=False)
-    console.print(f"  proposer:  {chosen.name}", highlight=False)
-    if proposer is None and chosen.name == "offline":
-        console.print(
-            "  [yellow]no ANTHROPIC_API_KEY set:[/] the offline proposer needs no LLM; it tries changes of the "
-            f"numeric constants in {cfg.editable}. Set ANTHROPIC_API_KEY or pass --proposer for an LLM.",
-            highlight=False,
-            soft_wrap=True,
-        )
-    rule = {
-        "test": "test (one-sided, 5% false keeps; a promising result runs again, up to 3 runs; nothing up front)",
-        "noise": f"noise (the baseline runs {NOISE_RUNS} more times to measure the noise floor; a marginal gain runs once more)",
-    }.get(keep_rule, "strict (any lower val_bpb is kept)")
-    console.print(f"  keep rule: {rule}", highlight=False, soft_wrap=True)
-    smoke = f" (smoke test: judged only against runs of {run_budget:g} s)" if run_budget != full_budget else ""
-    console.print(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}", highlight=False)
-    console.print(f"  budget:    {run_budget:g} s per run, killed after {run_kill:g} s{smoke}", highlight=False, soft_wrap=True)
-    limits = [f"{max_experiments} experiments" if max_experiments is not None else "",
-              f"{max_hours:g} hours" if max_hours is not None else "",
-              f"${max_cost:g}" if max_cost is not None else ""]
-    console.print(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}", highlight=False)
-    if session.parallel:
-        console.print(f"  workers:   {session.executor.describe()}", highlight=False, soft_wrap=True)
-
+    print_header(console, session, offline_by_default=proposer is None)
     with user_errors(), make_display(console) as display:
         report = session.run(on_event=display)
-    line = f"{report.experiments} experiments, {report.kept} kept, {report.crashed} crashed"
-    if report.baseline_run:
-        line += " (and the baseline)"
-    if report.best is not None:
-        at_head = " (HEAD)" if ws.head_commit() == report.best_commit else ""
-        line += f"; best val_bpb {report.best:.6f} at {report.best_commit}{at_head}"
-    if report.cost_usd:
-        line += f"; proposals cost ${report.cost_usd:.2f}"
-    console.print(line, highlight=False, soft_wrap=True)
-    console.print(f"stopped: {report.stop_reason}. `ar results` shows every experiment; `ar loop` again resumes.", highlight=False, soft_wrap=True)
+    print_report(console, report, session.workspace.head_commit())
     if report.interrupted:
         raise typer.Exit(130)
 

@@ -225,3 +225,46 @@ def make_display(console: Console, live: Optional[bool] = None) -> PlainDisplay:
     if live is None:
         live = console.is_terminal and not console.is_dumb_terminal
     return LiveDisplay(console) if live else PlainDisplay(console)
+
+
+_RULES = {
+    "test": "test (one-sided, 5% false keeps; a promising result runs again, up to 3 runs; nothing up front)",
+    "noise": "noise (the baseline runs twice more to measure the noise floor; a marginal gain runs once more)",
+    "strict": "strict (any lower val_bpb is kept)",
+}
+
+
+def print_header(console: Console, session, *, offline_by_default: bool) -> None:
+    """What `ar loop` is about to do (session.LoopSession)."""
+    s, cfg = session.settings, session.cfg
+    say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
+    say(f"ar loop on [bold]{session.workspace.branch}[/] in {session.folder}")
+    say(f"  proposer:  {session.proposer.name}")
+    if offline_by_default and session.proposer.name == "offline":
+        say("  [yellow]no ANTHROPIC_API_KEY set:[/] the offline proposer needs no LLM; it tries changes of the "
+            f"numeric constants in {cfg.editable}. Set ANTHROPIC_API_KEY or pass --proposer for an LLM.")
+    say(f"  keep rule: {_RULES.get(s.keep_rule, s.keep_rule)}")
+    say(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}")
+    smoke = f" (smoke test: judged only against runs of {s.budget:g} s)" if s.budget != s.full_budget else ""
+    say(f"  budget:    {s.budget:g} s per run, killed after {session.runner.kill:g} s{smoke}")
+    limits = [f"{s.max_experiments} experiments" if s.max_experiments is not None else "",
+              f"{s.max_hours:g} hours" if s.max_hours is not None else "",
+              f"${s.max_cost:g}" if s.max_cost is not None else ""]
+    say(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}")
+    if session.parallel:
+        say(f"  workers:   {session.executor.describe()}")
+
+
+def print_report(console: Console, report, head: Optional[str]) -> None:
+    """How `ar loop` ended (experiment.lab.LoopReport)."""
+    line = f"{report.experiments} experiments, {report.kept} kept, {report.crashed} crashed"
+    if report.baseline_run:
+        line += " (and the baseline)"
+    if report.best is not None:
+        at_head = " (HEAD)" if head == report.best_commit else ""
+        line += f"; best val_bpb {report.best:.6f} at {report.best_commit}{at_head}"
+    if report.cost_usd:
+        line += f"; proposals cost ${report.cost_usd:.2f}"
+    console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"stopped: {report.stop_reason}. `ar results` shows every experiment; `ar loop` again resumes.",
+                  highlight=False, soft_wrap=True)
