@@ -166,3 +166,14 @@ def test_plot_of_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(ArError, match="no experiments yet"):
         plot_progress(View([], None, None), tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
+
+
+def test_ar_results_summarises_each_backend_apart_and_never_prints_minus_zero():
+    from autoresearch.ui.table import results_plain
+
+    rows = rows_of((1.0, "keep", "baseline"), (0.95, "keep", "wider"), (2.0, "keep", "baseline"), (2.0, "discard", "same"))
+    records = [{"event": "finished", "row": i, "commit": r.commit, "budget": 60, "backend": b}
+               for i, (r, b) in enumerate(zip(rows, ["cpu", "cpu", "mlx", "mlx"]), start=1)]
+    text = "".join(results_plain(View(join(rows, records, budget=60, backend="cpu"), None, ("60", "cpu"))))
+    assert "baseline 1.000000 -> best 0.950000 (-0.050000, -5.00%) (cpu, 60 s)" in text
+    assert "baseline 2.000000 -> best 2.000000 (+0.000000, +0.00%) (mlx, 60 s)" in text and "-0.000000" not in text

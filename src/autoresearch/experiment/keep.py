@@ -131,7 +131,7 @@ def _crash_or_baseline(values: Sequence[Optional[float]], has_best: bool) -> Opt
         which = "the confirmation run" if values[0] is not None else "the run"
         return Decision("crash", None, f"{which} ended without a val_bpb")
     if not has_best:
-        return Decision("keep", sum(values) / len(values), "the first result on this branch: the baseline")
+        return Decision("keep", sum(values) / len(values), "the first result of this budget and backend on the branch: the baseline")
     return None
 
 

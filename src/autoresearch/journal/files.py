@@ -87,7 +87,7 @@ def read_results(path: Path) -> list[ResultRow]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ArError(
-            f"no {path.name} in {path.parent}; run `ar init <tag>` there, or `ar run` to record an experiment"
+            f"no {path.name} in {path.parent}; run `ar init <tag>` there first"
         ) from None
     except UnicodeDecodeError:
         raise ArError(f"{path} is not a UTF-8 text file; is it a results.tsv?") from None

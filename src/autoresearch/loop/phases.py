@@ -40,7 +40,8 @@ def start(lab: Lab, proposer_name: str, **details) -> None:
 def limit_reached(lab: Lab, started: float, clock: Callable[[], float], in_flight: int = 0) -> Optional[str]:
     s, r = lab.s, lab.report
     if s.max_experiments is not None and r.experiments + in_flight >= s.max_experiments:
-        return f"ran {s.max_experiments} experiments (--max-experiments {s.max_experiments})"
+        n = s.max_experiments
+        return f"ran {n} experiment{'' if n == 1 else 's'} (--max-experiments {n})"
     if s.max_hours is not None and clock() - started >= s.max_hours * 3600:
         return f"ran for {s.max_hours:g} hours (--max-hours)"
     if s.max_cost is not None and r.cost_usd >= s.max_cost:

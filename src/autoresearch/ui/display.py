@@ -247,7 +247,7 @@ def print_header(console: Console, session, *, offline_by_default: bool) -> None
     say(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}")
     smoke = f" (smoke test: judged only against runs of {s.budget:g} s)" if s.budget != s.full_budget else ""
     say(f"  budget:    {s.budget:g} s per run, killed after {session.runner.kill:g} s{smoke}")
-    limits = [f"{s.max_experiments} experiments" if s.max_experiments is not None else "",
+    limits = [f"{s.max_experiments} experiment{'' if s.max_experiments == 1 else 's'}" if s.max_experiments is not None else "",
               f"{s.max_hours:g} hours" if s.max_hours is not None else "",
               f"${s.max_cost:g}" if s.max_cost is not None else ""]
     say(f"  limits:    {', '.join(x for x in limits if x) or 'none: Ctrl-C stops it'}")

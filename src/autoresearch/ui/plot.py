@@ -42,7 +42,8 @@ def draw_progress(ax, view) -> None:
     # The y range follows the kept runs (plus a margin), so one wild discard does not
     # flatten the interesting part; points above it are drawn on the top edge.
     ref = [r.val_bpb for _, r in (kept or scored)] or [1.0]
-    lo, hi = min(ref), max(ref)
+    # Everything below the best is shown (a lucky discard included); only the top is clipped.
+    lo, hi = min(ref + [r.val_bpb for _, r in scored]), max(ref)
     span = max(hi - lo, 0.02 * hi, 1e-3)
     bottom, top = lo - 0.25 * span, hi + 0.35 * span
     edge = top - 0.02 * (top - bottom)

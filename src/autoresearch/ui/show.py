@@ -128,7 +128,8 @@ def _diff(folder: Path, commit: str, parent: Optional[str]) -> dict:
         base = run_git(folder, "rev-parse", "--short=7", base)
         return {"base": base, "text": run_git(folder, "diff", base, commit, strip=False), "error": None}
     except ArError as e:  # the first commit, a commit gc'd after a reset, no git at all
-        return {"base": None, "text": None, "error": str(e)}
+        why = f"{commit} is the first commit: there is nothing before it" if base.endswith("^") else str(e)
+        return {"base": None, "text": None, "error": why}
 
 
 def experiment_details(folder: Path, ref: str) -> dict:

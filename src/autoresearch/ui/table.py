@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Iterator, Optional
 
+from autoresearch.journal.queries import keys_of, summarize
 from autoresearch.ui.view import TABLE_COLUMNS, View, table_rows
 
 _RIGHT = {0, 2, 3, 4}
@@ -68,14 +69,23 @@ def _widths(columns: tuple[str, ...], cells: list[tuple[str, ...]]) -> list[int]
     return [max([len(name)] + [len(c[k]) for c in cells]) for k, name in enumerate(columns[:-1])]
 
 
+def _progress(s) -> str:
+    """baseline -> best and the change, signed as val_bpb moves (lower is better)."""
+    if s.baseline is None or s.best is None:
+        return "no result yet"
+    change = round(s.best - s.baseline, 9) + 0.0  # + 0.0: never "-0.000000"
+    pct = 100.0 * change / s.baseline if s.baseline else 0.0
+    return f"baseline {s.baseline:.6f} -> best {s.best:.6f} ({change:+.6f}, {pct + 0.0:+.2f}%)"
+
+
 def _summary_lines(view: View, spent: dict[int, dict]) -> list[str]:
     s = view.summary()
     line = f"{s.experiments} experiments, {s.kept} kept, {s.discarded} discarded, {s.crashed} crashed"
-    if s.baseline is not None:
-        group = f" ({s.key[1]}, {s.key[0]} s)" if len(view.backends) > 1 and s.key else ""
-        line += f"; baseline {s.baseline:.6f} -> best {s.best:.6f}{group}"
-        line += f" ({-s.improvement:+.6f}, {-s.improvement_pct:+.2f}%)"
-    lines = [line]
+    groups = [k for k in keys_of(view.entries) if any(e.key == k and e.counts for e in view.entries)]
+    if len(groups) > 1:  # never compared with each other: a baseline and a best for each
+        lines = [line] + [f"  {_progress(summarize(view.entries, k, view.ancestry))} ({k[1] or '?'}, {k[0]} s)" for k in groups]
+    else:
+        lines = [line + (f"; {_progress(s)}" if s.baseline is not None else "")]
     if spent:
         tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
         cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
