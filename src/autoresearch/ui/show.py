@@ -128,8 +128,18 @@ def _diff(folder: Path, commit: str, parent: Optional[str]) -> dict:
         base = run_git(folder, "rev-parse", "--short=7", base)
         return {"base": base, "text": run_git(folder, "diff", base, commit, strip=False), "error": None}
     except ArError as e:  # the first commit, a commit gc'd after a reset, no git at all
-        why = f"{commit} is the first commit: there is nothing before it" if base.endswith("^") else str(e)
-        return {"base": None, "text": None, "error": why}
+        return {"base": None, "text": None, "error": _first_commit(folder, commit, base) or str(e)}
+
+
+def _first_commit(folder: Path, commit: str, base: str) -> Optional[str]:
+    """Say so plainly when `commit` exists but has no parent (a baseline on a fresh repository)."""
+    if not base.endswith("^"):
+        return None
+    try:
+        run_git(folder, "rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    except ArError:
+        return None
+    return f"{commit} is the first commit: there is nothing before it"
 
 
 def experiment_details(folder: Path, ref: str) -> dict:
