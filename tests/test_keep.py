@@ -139,3 +139,16 @@ def test_runs_under_another_foreign_load_are_not_compared():
     values, gap = same_machine(best[:2], 0.05)
     assert values == [] and gap == pytest.approx(0.05 - 0.8)
     assert same_machine([(1.0, None)], 0.5) == ([1.0], 0.0)  # not measured: taken as comparable
+
+
+def test_repeats_under_nearly_the_same_load_are_pooled_together():
+    from autoresearch.experiment.keep import run_noise
+
+    def run(commit, value, load):
+        return {"event": "run", "budget": 60, "backend": "cpu", "commit": commit, "status": "ok", "val_bpb": value,
+                "machine": load}
+
+    # 0.12 and 0.13 are the same machine (no band edge may split them); 0.9 is another.
+    n = run_noise([run("a", 1.0, 0.12), run("a", 1.002, 0.13), run("a", 1.3, 0.9)], ("60", "cpu"))
+    assert n is not None and n.dof == 1 and n.sigma == pytest.approx(0.002 / 2 ** 0.5)
+    assert run_noise([run("a", 1.0, 0.1), run("a", 1.3, 0.9)], ("60", "cpu")) is None  # the load, not the noise

@@ -71,16 +71,12 @@ def open_loop(
     from autoresearch.experiment.keep import check_rule
     from autoresearch.proposers import get_proposer
     from autoresearch.run.script import ScriptRunner
-    from autoresearch.workspace.config import check_limits, load_config, parse_seconds
+    from autoresearch.workspace.config import load_config, run_settings
     from autoresearch.workspace.git import Workspace
 
     folder = Path(folder).resolve()
-    cfg = load_config(folder)
     check_rule(keep_rule)
-    run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
-    run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
-    check_limits(run_budget, run_kill)
-    full_budget, cfg = cfg.budget, cfg.for_backend(backend)
+    cfg, run_budget, run_kill = run_settings(load_config(folder), budget=budget, kill=kill, backend=backend)
     if executor == "local":  # with Ray the nodes run everything; their data is checked on each
         cfg.run_context().check_prepared()
     ws = Workspace.open(folder)
@@ -89,7 +85,7 @@ def open_loop(
     chosen = get_proposer(proposer, model=model, base_url=base_url)
     prof = get_profile(cfg.profile)
     settings = LoopSettings(
-        editable=cfg.editable, budget=run_budget, full_budget=full_budget, backend=cfg.backend, keep_rule=keep_rule,
+        editable=cfg.editable, budget=run_budget, full_budget=cfg.budget, backend=cfg.backend, keep_rule=keep_rule,
         max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, hardware=hardware_line(cfg.backend),
         profile=f"{prof.name}: MAX_SEQ_LEN={prof.max_seq_len} TIME_BUDGET={run_budget:g} s "
         f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",

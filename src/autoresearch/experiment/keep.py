@@ -66,18 +66,20 @@ class Noise:
 
     sigma: float
     dof: int
+    scripts: int = 0  # how many scripts (groups) were run more than once
 
     @staticmethod
     def pooled(groups: Iterable[Sequence[Optional[float]]]) -> Optional["Noise"]:
         """From groups of runs of one script each; None until some script ran twice."""
-        ss, dof = 0.0, 0
+        ss, dof, scripts = 0.0, 0, 0
         for group in groups:
             ok = [v for v in group if v is not None]
             if len(ok) >= 2:
                 mean = sum(ok) / len(ok)
                 ss += sum((v - mean) ** 2 for v in ok)
                 dof += len(ok) - 1
-        return Noise(math.sqrt(ss / dof), dof) if dof else None
+                scripts += 1
+        return Noise(math.sqrt(ss / dof), dof, scripts) if dof else None
 
 
 def t_look(dof: int) -> float:
@@ -195,3 +197,33 @@ def same_machine(best: Sequence[tuple[Optional[float], Optional[float]]], load: 
         return near, 0.0
     closest = min(measured, key=lambda vm: abs(vm[1] - load))[1]
     return [], load - closest
+
+
+def run_noise(runs: Iterable[dict], key: Optional[tuple[str, str]]) -> Optional[Noise]:
+    """The pooled noise of runs.jsonl's "run" records of the group `key` (budget, backend;
+    None: all): runs of one commit are one script, and runs of it under foreign loads more
+    than MOOD_GAP apart differ by the machine, not by chance, so they are pooled apart."""
+    from autoresearch.journal.queries import budget_key
+
+    by_commit: dict[str, list[tuple[float, Optional[float]]]] = {}
+    unmeasured: dict[str, list[Optional[float]]] = {}
+    for r in runs:
+        if r.get("event") != "run" or not isinstance(r.get("budget"), (int, float)):
+            continue
+        if key is not None and (budget_key(r["budget"]), str(r.get("backend") or "")) != key:
+            continue
+        commit, value = str(r.get("commit", ""))[:7], r.get("val_bpb") if r.get("status") == "ok" else None
+        load = r.get("machine")
+        if isinstance(load, (int, float)):
+            by_commit.setdefault(commit, []).append((float(load), value))
+        else:
+            unmeasured.setdefault(commit, []).append(value)
+    groups = list(unmeasured.values())
+    for measured in by_commit.values():  # runs of one script, split where the load jumps by more than MOOD_GAP
+        measured.sort(key=lambda lv: lv[0])
+        start = 0
+        for i in range(1, len(measured) + 1):
+            if i == len(measured) or measured[i][0] - measured[start][0] > MOOD_GAP:
+                groups.append([v for _, v in measured[start:i]])
+                start = i
+    return Noise.pooled(groups)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Optional
 from autoresearch.experiment.step import StepSettings
 from autoresearch.workspace.config import RESULTS_NAME, RUNS_RELDIR
 from autoresearch.journal.queries import Entry, best_entry, budget_key, join, render_description
-from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, MOOD_GAP, NOISE_RUNS, Noise
+from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Noise, run_noise
 from autoresearch.journal.files import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
 from autoresearch.run.process import RunResult, allocate_log
 from autoresearch.experiment.signals import Signals
@@ -184,14 +184,7 @@ class Lab:
 
     def noise(self) -> Optional[Noise]:
         """The pooled run-to-run noise of every script run more than once (this budget and backend)."""
-        groups: dict[tuple, list] = {}
-        for r in self._my_runs():
-            # Runs of one script under very different foreign loads differ by the machine, not by chance.
-            load = r.get("machine")
-            band = round(load / MOOD_GAP) if isinstance(load, (int, float)) else None
-            groups.setdefault((str(r.get("commit", ""))[:7], band), []).append(
-                r.get("val_bpb") if r.get("status") == "ok" else None)
-        return Noise.pooled(groups.values())
+        return run_noise(self.records(), self.key)
 
     def recorded_floor(self) -> Optional[float]:
         """The noise floor measured earlier for this budget and backend, if any."""

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Optional
 
 from autoresearch.errors import ArError
-from autoresearch.workspace.config import RUNS_RELDIR, check_limits, load_config, parse_seconds
+from autoresearch.workspace.config import load_config, run_settings
 from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, check_rule
 from autoresearch.experiment.lab import EventFn, Lab, LoopSettings
 from autoresearch.experiment.recovery import recover
-from autoresearch.run.process import RunResult, allocate_log, reject, run_script
+from autoresearch.run.process import RunResult
 from autoresearch.run.script import ScriptRunner
 from autoresearch.workspace.git import Workspace
 from autoresearch.experiment.checkouts import InPlace
@@ -52,21 +52,17 @@ def run_once(
 ) -> RunOutcome:
     """Run the checked-out commit's script once (and once more if the keep rule asks) and record it."""
     folder = Path(folder).resolve()
-    cfg = load_config(folder)
-    ws = Workspace.open(folder)
     check_rule(keep_rule)
-    run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
-    run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
-    check_limits(run_budget, run_kill)
+    cfg, run_budget, run_kill = run_settings(load_config(folder), budget=budget, kill=kill, backend=backend)
     cfg.run_context().check_prepared()
-    full_budget, cfg = cfg.budget, cfg.for_backend(backend)
+    ws = Workspace.open(folder)
     if not (folder / cfg.editable).is_file():
         raise ArError(f"the script of backend {cfg.backend}, {cfg.editable}, is missing from {folder}; "
                       f"restore it with `git checkout -- {cfg.editable}`")
     commit = ws.head_commit()
     if commit is None:
         raise ArError(f"{folder} has no commit yet; run `ar init <tag>` first")
-    settings = LoopSettings(editable=cfg.editable, budget=run_budget, full_budget=full_budget, backend=cfg.backend,
+    settings = LoopSettings(editable=cfg.editable, budget=run_budget, full_budget=cfg.budget, backend=cfg.backend,
                             keep_rule=keep_rule)
     lab = Lab(ws, settings, on_event=on_event)
     extra = {} if grace is None else {"grace": grace}
@@ -99,26 +95,16 @@ def _nothing(lab: Lab, commit: str) -> RunResult:
 
 
 def _dirty_run(lab: Lab, runner: ScriptRunner, editable: str, commit: str, best: Optional[float], message: str) -> RunOutcome:
-    """Run a script with uncommitted changes; what the run itself changes is still undone."""
-    from autoresearch.integrity.workspace_guard import WorkspaceGuard, compile_harness
-
-    _, log_path = allocate_log(lab.folder / RUNS_RELDIR, commit)
-    compile_harness()
-    guard = WorkspaceGuard(lab.folder, editable, log_path, strict=False)
-    guard.before()
-    env = {**runner.env, "AUTORESEARCH_TIME_BUDGET": f"{runner.budget:g}"}
-
+    """Run a script with uncommitted changes (the runner is not strict: what the run itself
+    changes is still undone); a "run" record with `dirty`, no row."""
     def progress(fields: dict) -> None:
         lab.emit("progress", commit=commit, run_kind="run", progress=fields)
 
     lab.emit("run_started", commit=commit, run_kind="run", description=message)
-    result = run_script(lab.folder / editable, cwd=lab.folder, log_path=log_path, env=env, kill_after=runner.kill,
-                        grace=runner.grace, on_progress=progress, policy=runner.policy)
-    damage = guard.after()
-    if damage and result.status != "interrupted":
-        result = reject(result, "workspace modified", "; ".join(damage))
+    result = runner.run(commit, on_progress=progress)
     lab.record("run", kind="run", commit=commit, dirty=True, status=result.status, val_bpb=result.val_bpb,
                memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason, budget=lab.s.budget,
-               backend=lab.s.backend, log=str(log_path), summary=result.summary, rejection=result.rejection or None)
+               backend=lab.s.backend, log=str(result.log_path), summary=result.summary, rejection=result.rejection or None,
+               machine=result.machine)
     note = "interrupted" if result.status == "interrupted" else f"{editable} has uncommitted changes (commit, then run again)"
     return RunOutcome(commit, result, None, note, best, lab.describe(message), lab.s.budget, lab.s.backend)

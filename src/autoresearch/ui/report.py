@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from pathlib import Path
 from typing import Optional
 
 from autoresearch.errors import ArError
+from autoresearch.experiment.keep import run_noise
 from autoresearch.journal.files import read_run_records
-from autoresearch.journal.queries import Entry, best_entry, budget_key
+from autoresearch.journal.queries import Entry, best_entry
 from autoresearch.run.summary import parse_progress
 from autoresearch.ui.plot import draw_progress
 from autoresearch.ui.table import results_json
@@ -244,32 +244,13 @@ def _facts(folder: Path, view: View, runs: list[dict]) -> list[tuple[str, str]]:
     floors = [e.record.get("noise_floor") for e in view.entries if isinstance(e.record.get("noise_floor"), (int, float))]
     if floors:  # the `noise` keep rule's: a gain must clear it
         facts.append(("noise floor", f"{floors[-1]:.6f} val_bpb (the gain a change must clear)"))
-    noise = run_noise(runs, view.summary().key)
-    facts.append(("run-to-run noise", f"sd {noise[0]:.6f} val_bpb ({noise[1]} repeated runs of {noise[2]} scripts)"
-                  if noise else "not measured (no script was run twice)"))
+    noise = run_noise(runs, view.summary().key)  # whichever keep rule ran: from the "run" records
+    facts.append(("run-to-run noise", f"sd {noise.sigma:.6f} val_bpb ({noise.dof + noise.scripts} repeated runs of "
+                  f"{noise.scripts} scripts)" if noise else "not measured (no script was run twice)"))
     proposers = Counter(str(e.record.get("proposer")) for e in view.entries if e.record.get("proposer"))
     if proposers:
         facts.append(("proposer", ", ".join(proposers)))
     return facts
-
-
-def run_noise(runs: list[dict], key: Optional[tuple[str, str]]) -> Optional[tuple[float, int, int]]:
-    """The pooled standard deviation of val_bpb between runs of the same commit (noise runs,
-    confirmations, re-runs of the best) of the group `key`: (sd, runs, commits), or None.
-    Computed here from the "run" records, so it is there whichever keep rule ran."""
-    groups: dict[str, list[float]] = {}
-    for r in runs:
-        if r.get("status") != "ok" or not isinstance(r.get("val_bpb"), (int, float)):
-            continue
-        if key is not None and (budget_key(r.get("budget") or 0), str(r.get("backend") or "")) != key:
-            continue
-        groups.setdefault(str(r.get("commit", ""))[:7], []).append(r["val_bpb"])
-    repeated = [vs for vs in groups.values() if len(vs) > 1]
-    dof = sum(len(vs) - 1 for vs in repeated)
-    if not dof:
-        return None
-    squares = sum((v - sum(vs) / len(vs)) ** 2 for vs in repeated for v in vs)
-    return math.sqrt(squares / dof), sum(map(len, repeated)), len(repeated)
 
 
 def _workers(entries: list[Entry]) -> list[dict]:

@@ -172,3 +172,13 @@ def template_bytes(name: str) -> bytes:
         return ref.read_bytes()
     except (FileNotFoundError, IsADirectoryError):
         raise ArError(f"the template {name} is missing from the installed autoresearch; reinstall it") from None
+
+
+def run_settings(cfg: WorkspaceConfig, *, budget=None, kill=None, backend: Optional[str] = None
+                 ) -> tuple[WorkspaceConfig, float, float]:
+    """One run's settings from `ar run`'s and `ar loop`'s flags: the config for the run's
+    backend (its `budget` stays the workspace's), the run's budget and hard kill, checked."""
+    run_budget = cfg.budget if budget is None else parse_seconds(budget, "budget")
+    run_kill = cfg.kill if kill is None else parse_seconds(kill, "kill")
+    check_limits(run_budget, run_kill)
+    return cfg.for_backend(backend), run_budget, run_kill
