@@ -61,7 +61,7 @@ def test_ar_prepare_laptop_downloads_tinystories_through_hf_endpoint(tinystories
     assert [t for s in shards[:-1] for t in iter_shard_texts(s)] == TRAIN
     assert list(iter_shard_texts(shards[-1])) == VALID  # whole: the cut body was fetched again
     assert hub.hits(f"{TS}/TinyStoriesV2-GPT4-train.txt") == 3
-    assert (cache_root() / "tokenizers" / "tinystories-v4096" / "tokenizer.pkl").is_file()
+    assert (cache_root() / "tokenizers" / "tinystories-v4096" / "tokenizer.json").is_file()
     # The text files live in the shared Hugging Face cache (HF_HOME, isolated per test).
     assert list((tmp_path / "hf" / "hub").glob("datasets--roneneldan--TinyStories/snapshots/*/*.txt"))
 

@@ -531,7 +531,7 @@ def test_the_node_check_names_what_a_node_lacks(ws, monkeypatch):
     host, problem = check(config, __version__)
     assert problem is None and host
     assert "has autoresearch " + __version__ + " but this machine has 9.9" in check(config, "9.9")[1]
-    (ws.parent / "cache" / "tokenizers" / "builtin-v2048" / "tokenizer.pkl").unlink()
+    (ws.parent / "cache" / "tokenizers" / "builtin-v2048" / "tokenizer.json").unlink()
     problem = check(config, __version__)[1]
     assert problem.startswith("lacks the prepared data: no tokenizer in ") and "ar prepare --source builtin" in problem
     assert "AUTORESEARCH_CACHE" in problem
@@ -566,7 +566,7 @@ def test_loop_with_ray_tasks_on_a_local_ray_instance(ws, cli):
         assert_clean_end(ws)
 
         # A node without the prepared data is named before anything runs.
-        (ws.parent / "cache" / "tokenizers" / "builtin-v2048" / "tokenizer.pkl").unlink()
+        (ws.parent / "cache" / "tokenizers" / "builtin-v2048" / "tokenizer.json").unlink()
         res = cli("loop", "--dir", ws, "--workers", 2, "--executor", "ray", "--max-experiments", 1, "--budget", 2)
         assert res.exit_code == 1 and re.search(r"Ray node \S+ .*lacks the prepared data: no tokenizer", res.output)
         assert len(read_results(ws / "results.tsv")) == 5 and worktree_paths(ws) == [f"worktree {ws}"]

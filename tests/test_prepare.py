@@ -32,7 +32,7 @@ def fake_tokenizer(monkeypatch):
         docs = list(texts)
         calls.append({"docs": docs, "vocab_size": vocab_size, "out_dir": Path(out_dir)})
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "tokenizer.pkl").write_bytes(b"fake")
+        (Path(out_dir) / "tokenizer.json").write_bytes(b"fake")
         (Path(out_dir) / "token_bytes.npy").write_bytes(b"fake")
 
     module = types.ModuleType("autoresearch.data.tokenizer")

@@ -45,7 +45,9 @@ def assert_rows_are_real_runs(ws: Path) -> None:
             log = (ws / r["log"]).read_text()
             if r["status"] == "ok":
                 assert f"val_bpb:          {r['val_bpb']:.6f}" in log, log[-2000:]
-        if row.status != "crash":
+        if any(r["status"] == "stopped" for r in runs):  # stopped early: a discard without a value
+            assert row.status == "discard" and row.val_bpb == 0.0 and "(stopped at " in row.description
+        elif row.status != "crash":
             values = [r["val_bpb"] for r in runs if r["kind"] != "noise"]
             assert row.val_bpb == pytest.approx(sum(values) / len(values), abs=2e-6)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
-from rich.console import Console
 
 from autoresearch.errors import ArError
 
@@ -44,8 +43,29 @@ def main_options(
 ) -> None:
     """autoresearch: an LLM proposes edits to a training script, `ar` trains each for a fixed
     budget and keeps what lowers val_bpb. Start with `ar prepare`, `ar init <tag>`, `ar loop`."""
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _Console:
+    """Rich's Console, made on first use: importing Rich is a tenth of what `ar results | less`
+    may take in all (benchmarks/results.py), and a pipe never needs it."""
+
+    def __init__(self, **options) -> None:
+        self._options, self._made = options, None
+
+    @property
+    def real(self):  # for Rich's own widgets, which want the Console itself
+        if self._made is None:
+            from rich.console import Console
+
+            self._made = Console(**self._options)
+        return self._made
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 
 
 def fail(message: str) -> "typer.Exit":
@@ -94,7 +114,7 @@ def prepare(
 
     with user_errors():
         prof = get_profile(profile)
-        with rich_progress(console) as progress:
+        with rich_progress(console.real) as progress:
             report = prepare_data(source or prof.source, prof, path=path, num_shards=num_shards, workers=workers, progress=progress)
     verb = "already prepared" if not report.did_work else "prepared"
     console.print(f"[green]{verb}[/] source [bold]{report.source}[/] for profile [bold]{prof.name}[/]")
@@ -213,6 +233,11 @@ def run(
         "measured so far; a promising result runs again), noise (the earlier noise-floor rule) or strict (any lower "
         "val_bpb is kept)."
     ),
+    early_stop: bool = typer.Option(
+        True, "--early-stop/--no-early-stop", help="Stop a new idea's run once its training loss is clearly worse than "
+        "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
+        "it is recorded as a discard that says so."
+    ),
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
 
@@ -222,6 +247,7 @@ def run(
     \b
       keep     the first of them (the baseline), or a new best
       discard  val_bpb equal to or worse than their best
+      discard  stopped early: its training loss was clearly worse than the best's
       crash    no val_bpb, or killed at the hard limit
 
     A --budget smoke test shows "(budget N s)" in its description and is judged only
@@ -229,17 +255,17 @@ def run(
     not in results.tsv: interrupted runs and runs with uncommitted changes to the script.
     Each run's full output is kept in .autoresearch/runs/<n>-<commit>.log.
 
-    Exit code: 0 with a val_bpb, 1 for a crash or timeout, 130 when interrupted.
+    Exit code: 0 with a val_bpb or stopped early, 1 for a crash or timeout, 130 when interrupted.
     """
     from autoresearch.experiment.once import run_once
     from autoresearch.ui.progress import RunBar
 
-    bar = RunBar(console)
+    bar = RunBar(console.real)
     on_event = bar.on_event
     try:
         with user_errors():
             outcome = run_once(folder, budget=budget, kill=kill, description=description, backend=backend,
-                               keep_rule=keep_rule, on_event=on_event)
+                               keep_rule=keep_rule, early_stop=early_stop, on_event=on_event)
     finally:
         bar.stop()
     res = outcome.result
@@ -249,6 +275,8 @@ def run(
             f"val_bpb [bold]{res.val_bpb:.6f}[/]  memory {res.memory_gb:.1f} GB  {res.seconds:.1f} s",
             highlight=False,
         )
+    elif res.status == "stopped":
+        console.print(f"[bold yellow]stopped early[/] after {res.seconds:.1f} s: {res.reason}", highlight=False)
     else:
         console.print(f"[bold red]{res.status}[/] after {res.seconds:.1f} s: {res.reason}", highlight=False)
         for line in res.log_tail[-15:]:
@@ -258,7 +286,7 @@ def run(
     console.print(f"log: {res.log_path}", highlight=False)
     if res.status == "interrupted":
         raise typer.Exit(130)
-    if res.status != "ok":
+    if res.status not in ("ok", "stopped"):
         raise typer.Exit(1)
 
 
@@ -378,6 +406,11 @@ def loop(
         "noise: the earlier rule (+2 baseline runs at the start measure a noise floor). "
         "strict: any lower val_bpb is kept (upstream, no extra runs)."
     ),
+    early_stop: bool = typer.Option(
+        True, "--early-stop/--no-early-stop", help="Stop a new idea's run once its training loss is clearly worse than "
+        "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
+        "it is recorded as a discard that says so."
+    ),
     budget: Optional[float] = typer.Option(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
     ),
@@ -419,13 +452,13 @@ def loop(
     with user_errors():
         session = open_loop(
             folder, proposer=proposer, model=model, base_url=base_url, backend=backend, keep_rule=keep_rule,
-            budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
+            early_stop=early_stop, budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
             workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
         )
-    print_header(console, session, offline_by_default=proposer is None)
-    with user_errors(), make_display(console) as display:
+    print_header(console.real, session, offline_by_default=proposer is None)
+    with user_errors(), make_display(console.real) as display:
         report = session.run(on_event=display)
-    print_report(console, report, session.workspace.head_commit())
+    print_report(console.real, report, session.workspace.head_commit())
     if report.interrupted:
         raise typer.Exit(130)
 

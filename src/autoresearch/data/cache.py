@@ -4,19 +4,35 @@ Layout under the cache root (AUTORESEARCH_CACHE, default ~/.cache/autoresearch):
 
     data/<source>/shard_00000.parquet ...   text shards (column "text"); the
                                             last shard of a source is validation
-    data/<source>/.complete                 written last: the source is ready
-    tokenizers/<source>-v<vocab>/tokenizer.pkl, token_bytes.npy
+    data/<source>/.complete                 the source's build record (JSON)
+    data/<source>/digests.json              sha256 of every other file, written last
+    tokenizers/<source>-v<vocab>/
+        tokenizer.tiktoken                  BPE ranks, tiktoken's "base64(token) rank" lines
+        token_bytes.npy                     int32 byte length per token id (no pickle)
+        tokenizer.json                      pattern, special tokens, vocab size: marks it ready
+        digests.json                        sha256 of the three files above, written last
+
+Every file here is data: nothing in the cache is ever unpickled or executed (a training
+script could have rewritten it). Only `ar prepare` writes it; digests.py checks it.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from . import integrity
 
 CACHE_ENV = "AUTORESEARCH_CACHE"
+
+COMPLETE_NAME = ".complete"
+DIGESTS_NAME = "digests.json"
+RANKS_NAME = "tokenizer.tiktoken"
+TOKEN_BYTES_NAME = "token_bytes.npy"
+TOKENIZER_META_NAME = "tokenizer.json"  # written last of the tokenizer files: its presence marks the folder ready
+LEGACY_PICKLE_NAME = "tokenizer.pkl"  # what older versions wrote; never loaded
 
 
 def cache_root() -> Path:
@@ -42,6 +58,21 @@ def list_shards(source: str, root: Path | None = None) -> list[Path]:
     """Ready shards of a source, in order; the last one is the validation shard."""
     d = data_dir(source, root)
     return sorted(d.glob("shard_*.parquet")) if d.is_dir() else []
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temp file in the same folder, synced, then rename: a reader (or a
+    crash) never sees half a file under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 integrity.protect_module(sys.modules[__name__])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ArError
 from . import integrity
-from .cache import cache_root, data_dir, list_shards, tokenizer_dir
+from .cache import COMPLETE_NAME, LEGACY_PICKLE_NAME, TOKENIZER_META_NAME, cache_root, data_dir, list_shards, tokenizer_dir
 from .profiles import DEFAULT_PROFILE, Profile, get_profile
 
 CONFIG_RELPATH = Path(".autoresearch") / "config.toml"
@@ -83,9 +83,12 @@ class RunContext:
     def check_prepared(self) -> None:
         """Raise a clear error naming the `ar prepare` command if data is missing."""
         shards = list_shards(self.source, self.cache)
-        if len(shards) < 2 or not (self.data_dir / ".complete").exists():
+        if len(shards) < 2 or not (self.data_dir / COMPLETE_NAME).exists():
             raise ArError(f"no prepared data for source {self.source!r} in {self.data_dir}; run: {self.prepare_command()}")
-        if not (self.tokenizer_dir / "tokenizer.pkl").is_file():
+        if not (self.tokenizer_dir / TOKENIZER_META_NAME).is_file():
+            if (self.tokenizer_dir / LEGACY_PICKLE_NAME).exists():
+                # Written by an older version: a pickle can run code, so it is rebuilt as data, never loaded.
+                raise ArError(f"the tokenizer in {self.tokenizer_dir} is a pickle from an older ar; run: {self.prepare_command()}")
             raise ArError(f"no tokenizer in {self.tokenizer_dir}; run: {self.prepare_command()}")
 
 

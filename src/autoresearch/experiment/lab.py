@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Optional
 from autoresearch.experiment.step import StepSettings
 from autoresearch.workspace.config import RESULTS_NAME, RUNS_RELDIR
 from autoresearch.journal.queries import Entry, best_entry, budget_key, join, render_description
+from autoresearch.experiment import early_stop
 from autoresearch.experiment.keep import DEFAULT_KEEP_RULE, NOISE_RUNS, Noise, run_noise
 from autoresearch.journal.files import ResultRow, append_result, append_run_record, create_results, read_results, read_run_records
 from autoresearch.run.process import RunResult, allocate_log
@@ -71,6 +72,7 @@ class LoopSettings:
     patience: int = 3  # consecutive NoProposals before waiting between attempts
     backoff: float = 10.0  # the first wait in seconds, doubled each further failure
     backoff_max: float = 300.0
+    early_stop: bool = True  # stop a first run clearly worse than the best's (experiment/early_stop.py)
 
 
 @dataclass
@@ -181,6 +183,20 @@ class Lab:
         """(val_bpb, foreign load) of every successful run of `commit` (this budget and backend)."""
         return [(r.get("val_bpb"), r.get("machine")) for r in self._my_runs()
                 if str(r.get("commit", ""))[:7] == commit[:7] and r.get("status") == "ok"]
+
+    def early_stopper(self, best_commit: Optional[str]) -> Optional[early_stop.Stopper]:
+        """Stops a first run clearly worse than the mean curve of the best's runs, with the
+        margin learned from every script's repeat runs (experiment/early_stop.py)."""
+        if not self.s.early_stop or not best_commit:
+            return None
+        by_commit: dict[str, list] = {}
+        for r in self._my_runs():
+            if r.get("status") == "ok" and isinstance(r.get("curve"), list) and r["curve"]:
+                by_commit.setdefault(str(r.get("commit", ""))[:7], []).append(r["curve"])
+        ref = early_stop.reference(by_commit.get(best_commit[:7], []))
+        if ref is None:
+            return None
+        return early_stop.Stopper(ref, early_stop.spread(by_commit.values()))
 
     def noise(self) -> Optional[Noise]:
         """The pooled run-to-run noise of every script run more than once (this budget and backend)."""

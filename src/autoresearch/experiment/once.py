@@ -47,6 +47,7 @@ def run_once(
     description: Optional[str] = None,
     backend: Optional[str] = None,
     keep_rule: str = DEFAULT_KEEP_RULE,
+    early_stop: bool = True,
     on_event: Optional[EventFn] = None,
     grace: Optional[float] = None,
 ) -> RunOutcome:
@@ -63,7 +64,7 @@ def run_once(
     if commit is None:
         raise ArError(f"{folder} has no commit yet; run `ar init <tag>` first")
     settings = LoopSettings(editable=cfg.editable, budget=run_budget, full_budget=cfg.budget, backend=cfg.backend,
-                            keep_rule=keep_rule)
+                            keep_rule=keep_rule, early_stop=early_stop)
     lab = Lab(ws, settings, on_event=on_event)
     extra = {} if grace is None else {"grace": grace}
     runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill, **extra)

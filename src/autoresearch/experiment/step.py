@@ -37,7 +37,8 @@ from autoresearch.integrity.static_check import check_proposal
 from autoresearch.experiment.keep import MAX_RUNS, Decision, decide, decide_test, same_machine
 from autoresearch.proposers.base import Proposal, Usage
 from autoresearch.journal.files import ResultRow
-from autoresearch.run.process import RunResult, rejected_run, rejection_note
+from autoresearch.experiment.early_stop import compact, curve_point
+from autoresearch.run.process import RunResult, StopRun, rejected_run, rejection_note
 
 MAX_REAPPLY = 3  # re-applications of one experiment onto a moving best before it is discarded
 # ast.parse is not thread-safe on CPython 3.11 (concurrent calls can fail with "SystemError:
@@ -125,6 +126,11 @@ class Lab(Protocol):
 
     def new_log(self, commit: str) -> Path:
         """A fresh log file for a run of `commit` (for one refused before it runs)."""
+        ...
+
+    def early_stopper(self, best_commit: Optional[str]) -> Optional[Callable[[dict], Optional[str]]]:
+        """What stops a first run that is clearly worse than the best's runs (early_stop.py);
+        None when it is off or the best has no curve yet."""
         ...
 
 
@@ -236,9 +242,20 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
     s = lab.settings
     lab.emit("run_started", number=plan.number, description=lab.describe(plan.message), commit=commit, run_kind=kind,
              note=f"seed {seed}" if seed is not None else "")
+    # Only an idea's first run can be stopped early: the baseline, confirmations and
+    # re-runs of the best are what the others are measured against.
+    first = kind in ("experiment", "run") and (plan.best_commit or "")[:7] != commit[:7]
+    stopper = lab.early_stopper(plan.best_commit) if first else None
+    points: list = []
 
     def progress(fields: dict) -> None:
         lab.emit("progress", number=plan.number, commit=commit, run_kind=kind, progress=fields)
+        point = curve_point(fields)
+        if point is not None:
+            points.append(point)
+        why = stopper(fields) if stopper is not None else None
+        if why:
+            raise StopRun(why)
 
     plan.seeds.append(seed)
     if refused:
@@ -254,7 +271,8 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
     lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status=result.status,
                val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason,
                returncode=result.returncode, budget=s.budget, backend=s.backend, log=str(result.log_path),
-               summary=result.summary, rejection=result.rejection or None, machine=result.machine)
+               summary=result.summary, rejection=result.rejection or None, machine=result.machine,
+               curve=compact(points) or None)
     lab.emit("run_finished", number=plan.number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
     if result.status == "interrupted":
         raise Abandoned(kind, result)
@@ -272,6 +290,9 @@ def _best_commit(lab: Lab) -> Optional[str]:
 
 def _decide(lab: Lab, plan: Plan, best: Optional[float], values: list, results: list[RunResult]) -> Decision:
     s = lab.settings
+    stopped = next((r for r in results if r.status == "stopped"), None)
+    if stopped is not None:  # clearly worse than the best while it trained (early_stop.py)
+        return Decision("discard", None, stopped.reason)
     if s.keep_rule != "test":
         return decide(s.keep_rule, best, values, plan.floor)
     loads = [r.machine for r in results if r.machine is not None]
@@ -335,9 +356,11 @@ def _finish(lab: Lab, checkout: Checkout, plan: Plan, commit: str, parent: str, 
     status = decision.action
     ok = status != "crash"
     memory = max(r.memory_gb for r in results) if ok else 0.0
-    value = decision.value if ok else 0.0
+    value = decision.value if ok and decision.value is not None else 0.0  # no value: 0.000000, as a crash
     rejected = next((r for r in results if r.status == "rejected"), None)
-    notes = [n for n in (note, rejection_note(rejected.rejection) if rejected else "") if n]
+    stopped = next((r for r in results if r.status == "stopped"), None)
+    notes = [n for n in (note, rejection_note(rejected.rejection) if rejected else "", stopped.reason if stopped else "")
+             if n]
     desc = lab.describe(plan.message, *notes)
     with lab.critical():
         row = lab.append_row(ResultRow(commit, value, memory, status, desc))
@@ -347,10 +370,10 @@ def _finish(lab: Lab, checkout: Checkout, plan: Plan, commit: str, parent: str, 
             checkout.discard(commit, parent)
         lab.record(
             "finished", id=plan.xid, kind=plan.kind, commit=commit, parent=parent, status=status, row=row,
-            val_bpb=value if ok else None, memory_gb=memory, decision=decision.reason, values=values, notes=notes,
+            val_bpb=value if ok and decision.value is not None else None, memory_gb=memory, decision=decision.reason, values=values, notes=notes,
             seeds=plan.seeds, seconds=round(sum(r.seconds for r in results), 3),
             best_before=best, best_after=(value if status == "keep" else best), noise_floor=plan.floor,
             head=checkout.head(), **{**plan.common, "description": desc},
         )
         plan.finished = True
-    return Outcome(status, value if ok else None, values, results, decision, commit, row, desc, best)
+    return Outcome(status, value if ok and decision.value is not None else None, values, results, decision, commit, row, desc, best)

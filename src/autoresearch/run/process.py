@@ -43,6 +43,11 @@ from autoresearch.run.summary import last_error_line, parse_progress, parse_summ
 
 ProgressCallback = Callable[[dict], None]
 
+
+class StopRun(Exception):
+    """Raised by an `on_progress` callback: stop the run now; its status is "stopped" and
+    the exception's text its reason (experiment/early_stop.py stops doomed runs this way)."""
+
 TAIL_LINES = 50
 DEFAULT_GRACE = 5.0
 _SUMMARY_BYTES = 256 * 1024  # the summary block is looked for in this much of the log's end
@@ -52,7 +57,7 @@ MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's output beyond this stops the run: a 
 
 @dataclass
 class RunResult:
-    status: str  # ok | crash | timeout | interrupted | rejected
+    status: str  # ok | crash | timeout | interrupted | rejected | stopped (early, by a progress callback)
     val_bpb: Optional[float]
     memory_gb: float  # peak_vram_mb / 1024; 0.0 when unknown
     seconds: float  # wall clock measured by the runner, start-up included
@@ -126,6 +131,8 @@ class _OutputReader(threading.Thread):
         self.overflow = False  # the cap was reached: the rest was read and thrown away
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.callback_error: Optional[BaseException] = None
+        self.stopped = threading.Event()  # the callback raised StopRun
+        self.stop_reason = ""
         self._drain_until: Optional[float] = None
         self._pending = b""
 
@@ -178,6 +185,10 @@ class _OutputReader(threading.Thread):
         if fields is not None:
             try:
                 self.on_progress(fields)
+            except StopRun as e:
+                self.stop_reason = str(e) or "stopped early"
+                self.callback_error = e  # no more callbacks
+                self.stopped.set()
             except Exception as e:  # a broken display must not block the pipe
                 self.callback_error = e
 
@@ -281,7 +292,7 @@ def run_script(
             tracker.start()
             reader.start()
             with _stop_signals():
-                status = _wait(proc, kill_after, stop)
+                status = _wait(proc, kill_after, stop, reader.stopped)
                 ended = time.monotonic()
         except (KeyboardInterrupt, _Stopped):
             status = "interrupted"
@@ -296,7 +307,8 @@ def run_script(
                     reader.finish()
                 proc.stdout.close()
     seconds = time.monotonic() - start
-    result = _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after)
+    result = _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after,
+                     reader.stop_reason)
     try:
         return _contain(result, overflow=reader.overflow, max_log_bytes=max_log_bytes, strays=strays,
                         stubborn=stubborn and status is None, channel=channel, policy=policy,
@@ -320,7 +332,7 @@ def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: l
     if stubborn:
         return reject(result, "process ignored SIGTERM", "a process of the run was still there after it ended and "
                                                          "ignored SIGTERM; it had to be killed")
-    if channel is None:
+    if channel is None or result.status == "stopped":  # stopped while training: nothing to judge
         return result
     from autoresearch.integrity.trust import judge
 
@@ -341,13 +353,16 @@ def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: l
     return result
 
 
-def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Event]) -> Optional[str]:
-    """None when the script exits, "timeout" at the hard kill, "interrupted" once `stop` is set."""
+def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Event],
+          early: Optional[threading.Event] = None) -> Optional[str]:
+    """None when the script exits, "timeout" at the hard kill, "interrupted" once `stop` is
+    set, "stopped" once `early` is (a progress callback raised StopRun)."""
     deadline = time.monotonic() + kill_after
+    polled = stop is not None or early is not None
     while True:
         left = deadline - time.monotonic()
         try:
-            proc.wait(timeout=left if stop is None else max(0.0, min(0.1, left)))
+            proc.wait(timeout=max(0.0, min(0.1, left)) if polled else left)
             return None
         except subprocess.TimeoutExpired:
             pass
@@ -355,6 +370,8 @@ def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Ev
             return "timeout"
         if stop is not None and stop.is_set():
             return "interrupted"
+        if early is not None and early.is_set():
+            return "stopped"
 
 
 @contextlib.contextmanager
@@ -382,7 +399,7 @@ def _number(value) -> Optional[float]:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _result(status, returncode, seconds, log_path, offset, tail, kill_after) -> RunResult:
+def _result(status, returncode, seconds, log_path, offset, tail, kill_after, stop_reason: str = "") -> RunResult:
     summary = parse_summary(_read_tail(log_path, offset, _SUMMARY_BYTES))
     val_bpb = _number(summary.get("val_bpb"))
     vram = _number(summary.get("peak_vram_mb"))
@@ -391,6 +408,8 @@ def _result(status, returncode, seconds, log_path, offset, tail, kill_after) -> 
         reason = f"killed after {kill_after:g} s (the hard limit); the whole process group was stopped"
     elif status == "interrupted":
         reason = "interrupted by the user (Ctrl-C or a stop signal)"
+    elif status == "stopped":
+        reason = stop_reason
     elif val_bpb is not None and math.isfinite(val_bpb) and val_bpb > 0:
         status, reason = "ok", ""
     else:

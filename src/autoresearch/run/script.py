@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
+from autoresearch.errors import ArError
 from autoresearch.workspace.config import RUNS_RELDIR
 from autoresearch.integrity.workspace_guard import WorkspaceGuard, compile_harness, harness_state
 from autoresearch.run.probe import ForeignLoad
@@ -16,7 +17,7 @@ class ScriptRunner:
     """Runs the workspace's editable script with run_script: a log per run in .autoresearch/runs/."""
 
     def __init__(self, folder: Path, *, editable: str, env: dict, budget: float, kill: float, grace: float = DEFAULT_GRACE,
-                 policy=None):
+                 policy=None, ctx=None):
         self.folder = Path(folder)
         self.editable = editable
         self.env = dict(env)
@@ -24,6 +25,10 @@ class ScriptRunner:
         self.kill = kill
         self.grace = grace
         self.policy = policy  # trust.TrustPolicy: val_bpb from the harness, checked; None: the printout
+        self.ctx = ctx  # data.context.RunContext: its prepared cache is checked before and after each run
+        # The cache's digests when first checked (a rewritten digests.json is caught too); a
+        # dict so that the copies a parallel loop makes per run share it.
+        self.pins: dict = {}
         compile_harness()
         self.harness = harness_state()  # a run must not change the installed harness (integrity/workspace_guard.py)
         self.stop: Optional[threading.Event] = None  # set: the run ends as "interrupted" (parallel workers)
@@ -38,9 +43,20 @@ class ScriptRunner:
 
         env = {"AUTORESEARCH_PROFILE": cfg.profile, "AUTORESEARCH_SOURCE": cfg.source, "AUTORESEARCH_BACKEND": cfg.backend}
         return cls(folder, editable=cfg.editable, env=env, budget=budget, kill=kill, grace=grace,
-                   policy=TrustPolicy.for_config(cfg, budget))
+                   policy=TrustPolicy.for_config(cfg, budget), ctx=cfg.run_context())
+
+    def check_cache(self) -> None:
+        """ArError, with the `ar prepare` command that repairs it, when a file of the prepared
+        cache is not what `ar prepare` wrote (data/digests.py)."""
+        if self.ctx is None:
+            return
+        from autoresearch.data.digests import verify_cache
+
+        pins = verify_cache(self.ctx, pinned=self.pins.get("digests"))
+        self.pins.setdefault("digests", pins)
 
     def run(self, commit: str, *, seed: Optional[int] = None, on_progress: Optional[Callable[[dict], None]] = None) -> RunResult:
+        self.check_cache()  # a changed cache would move every later number: stop before running on it
         _, log_path = allocate_log(self.folder / RUNS_RELDIR, commit)
         env = {**self.env, "AUTORESEARCH_TIME_BUDGET": f"{self.budget:g}"}
         if seed is not None:
@@ -65,4 +81,9 @@ class ScriptRunner:
         damage = guard.after()
         if damage and result.status != "interrupted":
             result = reject(result, "workspace modified", "; ".join(damage))
+        elif result.status != "interrupted":
+            try:
+                self.check_cache()
+            except ArError as e:  # the run changed the cache: its number is void, and the next run refuses to start
+                result = reject(result, "cache modified", str(e))
         return result

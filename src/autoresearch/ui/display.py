@@ -88,6 +88,8 @@ class PlainDisplay:
             r = e.result
             if r.status == "ok":
                 self.line(f"  {_who(e)}val_bpb {r.val_bpb:.6f}  memory {r.memory_gb:.1f} GB  {r.seconds:.1f} s")
+            elif r.status == "stopped":
+                self.line(f"  {_who(e)}[yellow]stopped early[/] after {r.seconds:.1f} s: {escape(r.reason)}")
             else:
                 self.line(f"  {_who(e)}[red]{r.status}[/] after {r.seconds:.1f} s: {escape(r.reason)}")
         elif k == "finished":

@@ -38,7 +38,8 @@ def draw_progress(ax, view) -> None:
     scored = [(x, r) for x, r in zip(xs, rows) if r.status != "crash" and r.val_bpb > 0]
     kept = [(x, r) for x, r in scored if r.status == "keep"]
     other = [(x, r) for x, r in scored if r.status != "keep"]
-    crashes = [x for x, r in zip(xs, rows) if r.status == "crash" or r.val_bpb <= 0]
+    crashes = [x for x, r in zip(xs, rows) if r.status == "crash"]
+    stopped = [x for x, r in zip(xs, rows) if r.status != "crash" and r.val_bpb <= 0]  # stopped early: no value
     # The y range follows the kept runs (plus a margin), so one wild discard does not
     # flatten the interesting part; points above it are drawn on the top edge.
     ref = [r.val_bpb for _, r in (kept or scored)] or [1.0]
@@ -66,6 +67,9 @@ def draw_progress(ax, view) -> None:
     if crashes:
         ax.scatter(crashes, [bottom + 0.015 * (top - bottom)] * len(crashes), marker="x", s=40, color="#d62728",
                    zorder=5, clip_on=False, label=f"crashed ({len(crashes)})")
+    if stopped:  # worse than the best while training: above the scale, as grey crosses
+        ax.scatter(stopped, [edge] * len(stopped), marker="x", s=40, color="#909090", zorder=2,
+                   label=f"stopped early ({len(stopped)})")
     ax.set_xlabel("experiment")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.set_xlim(0.5, len(rows) + 0.5 + max(1, len(rows) * 0.02))

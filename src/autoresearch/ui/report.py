@@ -113,7 +113,7 @@ def _rows(view: View, json_rows: list[dict]) -> list[dict]:
     cols = _columns(view)
     out = []
     for e, cells, j in zip(view.entries, table_rows(view.entries, view.best_before()), json_rows):
-        crashed = j["status"] == "crash"
+        crashed = j["status"] == "crash" or not j["val_bpb"]  # a crash, or a run stopped early
         # Sort keys: numbers sort as numbers; a crash has no value and sorts last.
         keys = [j["n"], j["commit"], "" if crashed else j["val_bpb"], "" if j["delta"] is None else j["delta"],
                 "" if crashed else j["memory_gb"], j["status"]]

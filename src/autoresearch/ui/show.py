@@ -279,8 +279,9 @@ def render_show(d: dict):
     out.append(head)
     line = Text("status ")
     line.append(d["status"], style=status_style)
-    val = "-" if d["status"] == "crash" else f"{d['val_bpb']:.6f}"
-    mem = "-" if d["status"] == "crash" else f"{d['memory_gb']:.1f} GB"
+    novalue = d["status"] == "crash" or not d["val_bpb"]  # a crash, or a run stopped early
+    val = "-" if novalue else f"{d['val_bpb']:.6f}"
+    mem = "-" if novalue else f"{d['memory_gb']:.1f} GB"
     line.append(f"   val_bpb {val}   memory {mem}   budget {d['budget']:g} s   backend {d['backend'] or '-'}")
     if d["worker"]:
         line.append(f"   worker {d['worker']}")

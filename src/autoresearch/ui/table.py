@@ -32,7 +32,7 @@ def results_json(view: View) -> str:
     workers = any(e.worker for e in entries)
     rows = [
         {"n": e.number, **e.row.as_dict(), "best_before": b,
-         "delta": (e.row.val_bpb - b) if b is not None and e.row.status != "crash" else None,
+         "delta": (e.row.val_bpb - b) if b is not None and e.row.val_bpb > 0 else None,  # none for a crash or a stop
          "budget": float(e.budget), "backend": e.backend or None,
          **({"worker": e.worker or None} if workers else {}),
          "usage": spent.get(e.number)}

@@ -78,7 +78,7 @@ def table_rows(entries: Sequence[Entry], before: Sequence[Optional[float]]) -> l
     out = []
     for e, b in zip(entries, before):
         r = e.row
-        crashed = r.status == "crash"
+        crashed = r.status == "crash" or r.val_bpb <= 0  # a crash, or a discard stopped early: no value
         out.append((
             str(e.number), r.commit, "-" if crashed else f"{r.val_bpb:.6f}",
             f"{r.val_bpb - b:+.6f}" if b is not None and not crashed else "",
