@@ -228,8 +228,10 @@ class Outcome:
 def attacked(prepared, tmp_path_factory):
     """`ar loop` through every attack (and a final honest experiment), once for the module."""
     folder = tmp_path_factory.mktemp("adversarial") / "ws"
+    # The in-process guards, each attack meeting them: without the OS sandbox, which would stop
+    # several before they reach a guard (tests/test_sandboxed_runs.py attacks the sandbox).
     env = {"AUTORESEARCH_CACHE": str(prepared), "COLUMNS": "120", "ANTHROPIC_API_KEY": SECRET,
-           "OPENAI_API_KEY": SECRET, "MY_SERVICE_TOKEN": SECRET}
+           "OPENAI_API_KEY": SECRET, "MY_SERVICE_TOKEN": SECRET, "AUTORESEARCH_NO_SANDBOX": "1"}
     runner = CliRunner()
     res = runner.invoke(app, ["init", "adv", "--dir", str(folder), "--backend", "cpu", "--budget", "1", "--kill", "30"],
                         env=env)

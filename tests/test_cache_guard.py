@@ -1,6 +1,6 @@
-"""A run that changes the prepared cache: its number is void, no later run starts on the
-changed cache, and the `ar prepare` command the error prints repairs it (real CLI, real
-`ar prepare` of the built-in corpus)."""
+"""A run that tries to change the prepared cache: in the sandbox it cannot; without one
+(--no-sandbox) its number is void, no later run starts on the changed cache, and the
+`ar prepare` command the error prints repairs it (real CLI, real `ar prepare`)."""
 
 from __future__ import annotations
 
@@ -52,18 +52,29 @@ def test_a_run_that_changes_the_cache_is_void_and_the_printed_command_repairs_it
 
     (ws / "train.py").write_text(POISON)
     git(ws, "commit", "-q", "-am", "poison the cache")
+    ctx = load_config(ws).run_context()
+    before = {p: p.read_bytes() for p in sorted(ctx.data_dir.iterdir())}
+
+    # In the sandbox (the default) the cache is read-only: the copy fails, nothing changes.
     res = cli("run", "--dir", ws, "--budget", "1")
+    assert "Read-only file system" in res.output and res.exit_code == 1
+    assert {p: p.read_bytes() for p in sorted(ctx.data_dir.iterdir())} == before
+    verify_cache(ctx)
+
+    # Without it the copy lands, and is caught: the run is void.
+    res = cli("run", "--dir", ws, "--budget", "1", "--no-sandbox")
     rows = read_results(ws / "results.tsv")
     assert rows[-1].status == "crash" and "(rejected: cache modified)" in rows[-1].description, res.output
 
     # The next run does not start on the changed cache: one line, and the command that repairs it.
-    res = cli("run", "--dir", ws, "--budget", "1")
+    res = cli("run", "--dir", ws, "--budget", "1", "--no-sandbox")
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "shard_00000_a.parquet was not written by `ar prepare`" in res.output
-    assert len(read_results(ws / "results.tsv")) == 2
+    assert len(read_results(ws / "results.tsv")) == 3
     command = re.search(r"run: (ar prepare [^\n]*)", res.output).group(1).strip()
     args = shlex.split(command)[1:]
     assert cli(*args).exit_code == 0  # the printed command, as a user pastes it
-    verify_cache(load_config(ws).run_context())  # byte for byte what `ar prepare` wrote
+    verify_cache(ctx)  # byte for byte what `ar prepare` wrote
+    assert {p: p.read_bytes() for p in sorted(ctx.data_dir.iterdir())} == before
     git(ws, "reset", "-q", "--hard", "HEAD~1")
     assert cli("run", "--dir", ws, "--budget", "1").exit_code == 0

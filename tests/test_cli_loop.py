@@ -67,6 +67,9 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 def cli(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    # Loop mechanics with control files outside the workspace, which a sandboxed run cannot
+    # see: these run without it (tests/test_sandboxed_runs.py runs the same paths sandboxed).
+    monkeypatch.setenv("AUTORESEARCH_NO_SANDBOX", "1")
     runner = CliRunner()
     return lambda *args: runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "120"})
 

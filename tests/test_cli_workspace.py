@@ -303,7 +303,9 @@ def test_ctrl_c_on_ar_run_stops_training_and_records_nothing(tmp_path, cli):
     git(ws, "commit", "-q", "-am", "hangs")
     proc = subprocess.Popen(
         [sys.executable, "-c", "from autoresearch.cli import app; app()", "run", "--dir", str(ws)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "120"},
+        # without the sandbox: the test reads the pids the script writes, which a PID namespace would renumber
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "COLUMNS": "120", "AUTORESEARCH_NO_SANDBOX": "1"},
     )
     pids: list[int] = []
     try:

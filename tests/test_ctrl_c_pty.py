@@ -60,6 +60,9 @@ def _alive(pid: int) -> bool:
 def ws(tmp_path, monkeypatch) -> Path:
     """A workspace made by `ar init`, data "prepared", the fake script committed."""
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    # Loop mechanics with control files outside the workspace, which a sandboxed run cannot
+    # see: these run without it (tests/test_sandboxed_runs.py runs the same paths sandboxed).
+    monkeypatch.setenv("AUTORESEARCH_NO_SANDBOX", "1")
     folder = tmp_path / "research"
     res = CliRunner().invoke(app, ["init", "pty", "--dir", str(folder), "--backend", "cpu", "--budget", "20", "--kill", "60"])
     assert res.exit_code == 0, res.output

@@ -229,8 +229,10 @@ def test_workspace_is_writable_and_tmp_is_private(sandbox, layout):
     assert (layout["ws"] / "result.txt").read_text() == "written inside"
     assert not (Path("/tmp") / marker).exists()
     assert out["tmpdir"] == "/tmp"
-    # the host's /tmp (where pytest keeps this test's files) shows only the mounted path
-    assert set(out["tmp"]) <= {"home", marker, layout["ws"].parts[2]}
+    # the host's /tmp (where pytest keeps this test's files) shows only the mounted paths: the
+    # workspace, and the Python environment when it lives in /tmp (a clone in /tmp/ci1 in CI)
+    mounted = {p.parts[2] for p in [layout["ws"], *python_paths()] if len(p.parts) > 2 and p.parts[1] == "tmp"}
+    assert set(out["tmp"]) <= {"home", marker} | mounted
 
 
 # -- network ---------------------------------------------------------------------------------

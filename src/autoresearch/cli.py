@@ -238,6 +238,12 @@ def run(
         "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
         "it is recorded as a discard that says so."
     ),
+    no_sandbox: bool = typer.Option(
+        False, "--no-sandbox", envvar="AUTORESEARCH_NO_SANDBOX", show_envvar=True,
+        help="Run the training script without the OS sandbox (bubblewrap on Linux, sandbox-exec on macOS) that "
+        "otherwise hides your home, other processes, the network and any secret from it and keeps the cache "
+        "read-only. Only where no sandbox can be made; rows then say so."
+    ),
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
 
@@ -265,7 +271,7 @@ def run(
     try:
         with user_errors():
             outcome = run_once(folder, budget=budget, kill=kill, description=description, backend=backend,
-                               keep_rule=keep_rule, early_stop=early_stop, on_event=on_event)
+                               keep_rule=keep_rule, early_stop=early_stop, sandbox=not no_sandbox, on_event=on_event)
     finally:
         bar.stop()
     res = outcome.result
@@ -411,6 +417,12 @@ def loop(
         "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
         "it is recorded as a discard that says so."
     ),
+    no_sandbox: bool = typer.Option(
+        False, "--no-sandbox", envvar="AUTORESEARCH_NO_SANDBOX", show_envvar=True,
+        help="Run the training script without the OS sandbox (bubblewrap on Linux, sandbox-exec on macOS) that "
+        "otherwise hides your home, other processes, the network and any secret from it and keeps the cache "
+        "read-only. Only where no sandbox can be made; rows then say so."
+    ),
     budget: Optional[float] = typer.Option(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
     ),
@@ -452,7 +464,7 @@ def loop(
     with user_errors():
         session = open_loop(
             folder, proposer=proposer, model=model, base_url=base_url, backend=backend, keep_rule=keep_rule,
-            early_stop=early_stop, budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
+            early_stop=early_stop, sandbox=not no_sandbox, budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
             workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
         )
     print_header(console.real, session, offline_by_default=proposer is None)

@@ -58,6 +58,7 @@ def open_loop(
     backend: Optional[str] = None,
     keep_rule: str = "noise",
     early_stop: bool = True,
+    sandbox: bool = True,
     budget: Optional[float] = None,
     kill: Optional[float] = None,
     max_experiments: Optional[int] = None,
@@ -91,13 +92,14 @@ def open_loop(
         profile=f"{prof.name}: MAX_SEQ_LEN={prof.max_seq_len} TIME_BUDGET={run_budget:g} s "
         f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",
     )
-    runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill)
+    # With Ray the nodes make their own sandbox (a machine without one may still drive them)
+    runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill, sandbox=sandbox and executor == "local")
     pool = None
     if workers > 1 or executor != "local":  # worktrees per worker; see loop/parallel.py
         from autoresearch.executors.local import make_executor
 
         pool = make_executor(folder, cfg, runner, workers=workers, executor=executor, ray_address=ray_address,
-                             force=force_workers)
+                             force=force_workers, sandbox=sandbox)
     else:
         from autoresearch.workspace.worktrees import prune_stale_worktrees
 

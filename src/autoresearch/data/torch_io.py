@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ArError
+from ..judge import client as _judge  # takes AUTORESEARCH_JUDGE_FD out of os.environ
 from . import causality, integrity
 from .context import RunContext
 from .loader import DataSpec, check_logits, data_spec, iter_rows, split_rows, validation_rows
@@ -116,6 +117,9 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int,
     Before the number counts, the model must pass the causality probe (one extra
     forward pass on a batch of the same shape) and the harness must be as it was
     imported (integrity.py); otherwise ArError, and the orchestrator is told why."""
+    if _judge.active():  # started by `ar` with a judge: the number comes from outside this process
+        dev = torch.device(device) if device is not None else _model_device(model)
+        return _judge.evaluate(_judge.TorchModel(model, dev), batch_size)
     ev = integrity.Evaluation("torch")
     spec = data_spec(ctx)
     if batch_size < 1:

@@ -72,7 +72,7 @@ class LocalExecutor:
 
 def make_executor(
     folder: Path, cfg, base: ScriptRunner, *, workers: int, executor: str = "local", ray_address: str = "auto",
-    force: bool = False, hardware=None,
+    force: bool = False, hardware=None, sandbox: bool = True,
 ) -> Executor:
     """The executor `ar loop --executor` names; Ray is imported only for "ray"."""
     if executor == "local":
@@ -84,5 +84,5 @@ def make_executor(
     if executor == "ray":
         from autoresearch.executors.ray import RayExecutor
 
-        return RayExecutor(folder, cfg, base, workers=workers, address=ray_address)
+        return RayExecutor(folder, cfg, base, workers=workers, address=ray_address, sandbox=sandbox)
     raise ArError(f"unknown executor {executor!r}; use local or ray")

@@ -61,7 +61,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def run_task(editable: str, text: str, config_text: str, env: dict, budget: float, kill_after: float, grace: float,
-             seed: Optional[int]) -> dict:
+             seed: Optional[int], sandbox: bool = True) -> dict:
     """The body of one Ray task (runs on the node): the files into a fresh git repository in a
     temporary folder, then the workspace's ScriptRunner there, exactly as `ar run` would
     (guards, trust policy with the node's cache, hard kill); the result and the log back."""
@@ -86,7 +86,8 @@ def run_task(editable: str, text: str, config_text: str, env: dict, budget: floa
         commit = ws.commit([editable, ".gitignore", str(CONFIG_RELPATH)], "autoresearch: the run's files")
         cfg = load_config(folder)  # the run's backend and script, which `--backend` may have changed
         cfg = dataclasses.replace(cfg, backend=env.get("AUTORESEARCH_BACKEND", cfg.backend), editable=editable)
-        runner = ScriptRunner.for_workspace(folder, cfg, budget=budget, kill=kill_after, grace=grace)
+        # The node's own sandbox (the same mounts as on this machine); none there is an error on that node
+        runner = ScriptRunner.for_workspace(folder, cfg, budget=budget, kill=kill_after, grace=grace, sandbox=sandbox)
         runner.env.update(env)
         # ray.cancel interrupts the task like Ctrl-C; a worker started from a shell that
         # ignores SIGINT (nohup, a background job) would ignore it: listen for this run.
@@ -135,8 +136,10 @@ def node_check_fn():
 class RayExecutor:
     """Runs each experiment as a Ray task (see the module doc)."""
 
-    def __init__(self, folder: Path, cfg, base: ScriptRunner, *, workers: int, address: str = "auto", check: bool = True):
+    def __init__(self, folder: Path, cfg, base: ScriptRunner, *, workers: int, address: str = "auto", check: bool = True,
+                 sandbox: bool = True):
         self.ray = ray = _import_ray()
+        self.sandbox = sandbox  # each node runs its task in its own sandbox (refused on a node without one)
         self.folder = Path(folder)
         self.base = base
         self.editable = base.editable
@@ -246,7 +249,8 @@ class RayExecutor:
         ray = self.ray
         text = (Path(tree) / self.editable).read_text(encoding="utf-8")
         ref = self.task.options(**self.resources).remote(
-            self.editable, text, self.config_text, self.env, self.base.budget, self.base.kill, self.base.grace, seed
+            self.editable, text, self.config_text, self.env, self.base.budget, self.base.kill, self.base.grace, seed,
+            self.sandbox,
         )
         try:
             while not ray.wait([ref], timeout=0.2)[0]:

@@ -48,6 +48,7 @@ def run_once(
     backend: Optional[str] = None,
     keep_rule: str = DEFAULT_KEEP_RULE,
     early_stop: bool = True,
+    sandbox: bool = True,
     on_event: Optional[EventFn] = None,
     grace: Optional[float] = None,
 ) -> RunOutcome:
@@ -67,7 +68,7 @@ def run_once(
                             keep_rule=keep_rule, early_stop=early_stop)
     lab = Lab(ws, settings, on_event=on_event)
     extra = {} if grace is None else {"grace": grace}
-    runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill, **extra)
+    runner = ScriptRunner.for_workspace(folder, cfg, budget=run_budget, kill=run_kill, sandbox=sandbox, **extra)
     runner.strict = False  # a person may have other uncommitted files; the script itself must be committed
     with lab.signals:
         with lab.critical():

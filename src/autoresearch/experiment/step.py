@@ -272,11 +272,19 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
                val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason,
                returncode=result.returncode, budget=s.budget, backend=s.backend, log=str(result.log_path),
                summary=result.summary, rejection=result.rejection or None, machine=result.machine,
-               curve=compact(points) or None)
+               curve=compact(points) or None, sandbox=result.sandbox or None)
     lab.emit("run_finished", number=plan.number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
     if result.status == "interrupted":
         raise Abandoned(kind, result)
     return result
+
+
+def _sandbox(results: list[RunResult]) -> Optional[str]:
+    """The sandbox the experiment's runs had: its name, "none" if any ran without one, None if unknown."""
+    names = {r.sandbox for r in results if r.sandbox}
+    if not names:
+        return None
+    return "none" if "none" in names else ", ".join(sorted(names))
 
 
 def _value(result: RunResult) -> Optional[float]:
@@ -373,6 +381,7 @@ def _finish(lab: Lab, checkout: Checkout, plan: Plan, commit: str, parent: str, 
             val_bpb=value if ok and decision.value is not None else None, memory_gb=memory, decision=decision.reason, values=values, notes=notes,
             seeds=plan.seeds, seconds=round(sum(r.seconds for r in results), 3),
             best_before=best, best_after=(value if status == "keep" else best), noise_floor=plan.floor,
+            sandbox=_sandbox(results),
             head=checkout.head(), **{**plan.common, "description": desc},
         )
         plan.finished = True

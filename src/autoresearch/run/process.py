@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -69,6 +70,7 @@ class RunResult:
     rejection: str = ""  # status "rejected": the short category ("non-causal", "over budget", ...)
     harness: Optional[dict] = None  # the harness's signed evaluation record, when there is one
     machine: Optional[float] = None  # share of the machine other work used during the run (run/probe.py)
+    sandbox: str = ""  # the OS sandbox it ran in: bubblewrap, seatbelt, none ("" unknown)
 
 
 def rejection_note(category: str) -> str:
@@ -245,6 +247,8 @@ def run_script(
     stop: Optional[threading.Event] = None,
     policy=None,
     max_log_bytes: int = MAX_LOG_BYTES,
+    sandbox=None,
+    mounts=None,
 ) -> RunResult:
     """Run `python script` in `cwd` until it exits or `kill_after` seconds pass.
 
@@ -254,6 +258,8 @@ def run_script(
     harness's result channel and is checked (trust.judge). Ctrl-C, SIGTERM and SIGHUP
     stop the run and return status "interrupted"; the caller decides what to do next.
     So does setting `stop` (runs in worker threads, where signals do not arrive).
+    With `sandbox` (autoresearch.sandbox) the script runs inside it and sees only `mounts`
+    (sandbox.Mounts), plus the result channel's folder; `result.sandbox` names it.
     """
     full_env = clean_env(os.environ, env)
     full_env["PYTHONUNBUFFERED"] = "1"  # progress lines arrive while they happen
@@ -271,9 +277,14 @@ def run_script(
     start = time.monotonic()
     with open(log_path, "ab") as log:  # append: a log is never overwritten
         offset = log.seek(0, os.SEEK_END)  # where this run's output starts
+        argv = [python, str(script)]
+        if sandbox is not None:
+            extra = [channel.dir] if channel is not None else []
+            argv = sandbox.command(argv, cwd=cwd, mounts=dataclasses.replace(
+                mounts, writable=[*mounts.writable, *extra]))
         try:
             proc = subprocess.Popen(
-                [python, str(script)],
+                argv,
                 cwd=str(cwd),
                 env=full_env,
                 stdin=subprocess.DEVNULL,
@@ -309,6 +320,7 @@ def run_script(
     seconds = time.monotonic() - start
     result = _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after,
                      reader.stop_reason)
+    result.sandbox = sandbox.name if sandbox is not None else "none"
     try:
         return _contain(result, overflow=reader.overflow, max_log_bytes=max_log_bytes, strays=strays,
                         stubborn=stubborn and status is None, channel=channel, policy=policy,

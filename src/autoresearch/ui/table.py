@@ -35,7 +35,7 @@ def results_json(view: View) -> str:
          "delta": (e.row.val_bpb - b) if b is not None and e.row.val_bpb > 0 else None,  # none for a crash or a stop
          "budget": float(e.budget), "backend": e.backend or None,
          **({"worker": e.worker or None} if workers else {}),
-         "usage": spent.get(e.number)}
+         "usage": spent.get(e.number), "sandbox": e.record.get("sandbox")}
         for e, b in zip(entries, before)
     ]
     llm = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
@@ -53,6 +53,8 @@ def _cells(view: View, spent: dict[int, dict], last: Optional[int]) -> tuple[tup
         extra.append(("backend", lambda e: e.backend))
     if any(e.worker for e in entries):  # `ar loop --workers`: who ran what
         extra.append(("worker", lambda e: e.worker))
+    if any(e.record.get("sandbox") == "none" for e in entries):  # some ran with --no-sandbox: which
+        extra.append(("sandbox", lambda e: str(e.record.get("sandbox") or "")))
     if spent:
         extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))
     if last is not None:  # only the rows shown are formatted
@@ -86,12 +88,29 @@ def _summary_lines(view: View, spent: dict[int, dict]) -> list[str]:
         lines = [line] + [f"  {_progress(summarize(view.entries, k, view.ancestry))} ({k[1] or '?'}, {k[0]} s)" for k in groups]
     else:
         lines = [line + (f"; {_progress(s)}" if s.baseline is not None else "")]
+    sandboxed = _sandbox_line(view)
+    if sandboxed:
+        lines.append(sandboxed)
     if spent:
         tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
         cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
         lines.append(f"LLM: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
                      f"{tokens['cache_read_tokens']:,} cached tokens; ${cost:.2f} in total")
     return lines
+
+
+def _sandbox_line(view: View) -> Optional[str]:
+    """Whether the experiments' runs were sandboxed (rows from before ar recorded it: not counted)."""
+    known = [e.record.get("sandbox") for e in view.entries if e.record.get("sandbox")]
+    if not known:
+        return None
+    bare = sum(name == "none" for name in known)
+    kinds = ", ".join(sorted({name for name in known if name != "none"}))
+    unknown = len(view.entries) - len(known)
+    later = f" ({unknown} earlier not recorded)" if unknown else ""
+    if not bare:
+        return f"sandbox: every run of {len(known)} experiments ran in it ({kinds}){later}"
+    return f"sandbox: {bare} of {len(known)} experiments ran WITHOUT it (--no-sandbox){later}"
 
 
 def results_plain(view: View, last: Optional[int] = None) -> Iterator[str]:

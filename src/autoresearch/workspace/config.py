@@ -43,12 +43,14 @@ class WorkspaceConfig:
     warmup_allowance: Optional[float] = None  # training seconds beyond the budget (None: by backend)
     startup_allowance: Optional[float] = None  # seconds before the first training batch (None: 120)
     source_path: str = ""  # a local source's folder, so error messages print a command that works
+    network: bool = False  # a sandboxed run may reach the network (it cannot by default)
 
     def to_toml(self) -> str:
         values = {key: getattr(self, key) for key in ("tag", "backend", "profile", "source", "budget", "kill")}
         if self.editable != _script_for(self.backend):
             values["editable"] = self.editable
-        for key, default in (("metric", "harness"), ("warmup_allowance", None), ("startup_allowance", None), ("source_path", "")):
+        for key, default in (("metric", "harness"), ("warmup_allowance", None), ("startup_allowance", None), ("source_path", ""),
+                             ("network", False)):
             if getattr(self, key) != default:  # optional keys: written only when set
                 values[key] = getattr(self, key)
         header = "# autoresearch workspace settings, written by `ar init`; every experiment uses them.\n"
@@ -148,7 +150,10 @@ def load_config(folder: Path) -> WorkspaceConfig:
         warmup_allowance=_optional_seconds(raw, "warmup_allowance"),
         startup_allowance=_optional_seconds(raw, "startup_allowance"),
         source_path=str(raw.get("source_path", "")),
+        network=raw.get("network", False),
     )
+    if not isinstance(cfg.network, bool):
+        raise ArError(f"{config_path(folder)}: network must be true or false, got {cfg.network!r}")
     if cfg.metric not in METRICS:
         raise ArError(f"{config_path(folder)}: metric must be one of {', '.join(METRICS)}, got {cfg.metric!r}")
     if cfg.backend not in BACKENDS:
