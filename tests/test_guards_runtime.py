@@ -1,11 +1,10 @@
-"""Run-time guards, one at a time: the harness's causality probe and tamper checks (in this
-process), the signed result channel and trust.judge's rules, the experiment's clean
+"""Run-time guards, one at a time: the in-process causality probe (a script run by hand),
+trust.judge's rules on the judge's results, the experiment's clean
 environment, its process tree and log cap (real subprocesses, no torch), and the
 workspace guard (a git repo in tmp_path)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +22,8 @@ mx = pytest.importorskip("mlx.core")
 
 import torch.nn.functional as F  # noqa: E402
 
-from autoresearch.data import integrity, mlx_io, profiles, torch_io  # noqa: E402
+from autoresearch.data import mlx_io, profiles, torch_io  # noqa: E402
 from autoresearch.data.context import RunContext  # noqa: E402
-from autoresearch.data.loader import data_spec, validation_rows  # noqa: E402
 from autoresearch.errors import ArError  # noqa: E402
 from autoresearch.integrity import workspace_guard as guards  # noqa: E402
 from autoresearch.workspace.editable import editable_path  # noqa: E402
@@ -34,7 +31,8 @@ from autoresearch.integrity.containment import clean_env  # noqa: E402
 from autoresearch.integrity.workspace_guard import WorkspaceGuard
 from autoresearch.workspace.editable import check_editable, write_editable  # noqa: E402
 from autoresearch.run.process import run_script  # noqa: E402
-from autoresearch.integrity.trust import Channel, TrustPolicy, judge  # noqa: E402
+from autoresearch.integrity.trust import TrustPolicy, judge  # noqa: E402
+from autoresearch.judge.referee import JudgeResult  # noqa: E402
 from autoresearch.workspace.git import Workspace  # noqa: E402
 
 
@@ -96,153 +94,38 @@ def test_mlx_probe_refuses_a_non_causal_model(tiny_data_ctx):
         mlx_io.evaluate_bpb(MlxLM(v, causal=False), tiny_data_ctx, 8)
 
 
-# -- tamper checks --------------------------------------------------------------------------
-
-
-def _fake_sum_nats(logits, targets, weight):
-    return torch.zeros((), dtype=torch.float64)
-
-
-@pytest.mark.parametrize(
-    ("patch", "named"),
-    [
-        (lambda mp: mp.setattr(torch_io, "_sum_nats", _fake_sum_nats), "torch_io._sum_nats was replaced"),
-        (lambda mp: mp.setattr(torch_io._sum_nats, "__code__", _fake_sum_nats.__code__), "_sum_nats was modified"),
-        (lambda mp: mp.setattr(torch_io, "_CE_CHUNK_ELEMENTS", 7), "torch_io._CE_CHUNK_ELEMENTS was replaced"),
-        (lambda mp: mp.setattr(math, "log", lambda x: 1.0), "math.log was replaced"),
-        (lambda mp: mp.setattr(torch, "log_softmax", lambda *a, **k: None), "torch.log_softmax was replaced"),
-        (lambda mp: mp.setattr(F, "cross_entropy", lambda *a, **k: None), "functional.cross_entropy was replaced"),
-        (lambda mp: mp.setattr(torch.Tensor, "gather", lambda *a, **k: None, raising=False), "torch.Tensor.gather was added"),
-        (lambda mp: mp.setitem(profiles.PROFILES, "tiny", replace(profiles.PROFILES["tiny"], eval_tokens=256)),
-         "profiles.PROFILES was modified"),
-        (lambda mp: mp.setattr("autoresearch.data.loader.validation_rows", lambda *a, **k: None),
-         "loader.validation_rows was replaced"),
-    ],
-)
-def test_a_harness_changed_at_run_time_refuses_the_result(tiny_data_ctx, monkeypatch, patch, named):
-    model = TinyLM(tiny_data_ctx.VOCAB_SIZE)
-    with monkeypatch.context() as mp:
-        patch(mp)
-        with pytest.raises(ArError, match="the harness was modified at run time") as err:
-            torch_io.evaluate_bpb(model, tiny_data_ctx, 8)
-    assert named in str(err.value)
-    assert torch_io.evaluate_bpb(model, tiny_data_ctx, 8) > 0  # put back: accepted again
-
-
-def test_evaluation_data_modified_in_place_or_made_elsewhere_is_refused(tiny_data_ctx, monkeypatch):
-    model = TinyLM(tiny_data_ctx.VOCAB_SIZE)
-    rows = validation_rows(tiny_data_ctx)
-    rows.flags.writeable = True
-    saved = rows[0, 5]
-    rows[0, 5] = (saved + 1) % tiny_data_ctx.VOCAB_SIZE
-    try:
-        with pytest.raises(ArError, match="validation rows were modified in place"):
-            torch_io.evaluate_bpb(model, tiny_data_ctx, 8)
-    finally:
-        rows[0, 5] = saved
-        rows.flags.writeable = False
-    spec = data_spec(tiny_data_ctx)
-    spec.tokenizer.token_bytes.flags.writeable = True
-    spec.tokenizer.token_bytes[:] *= 2  # twice the bytes: half the bits per byte
-    with pytest.raises(ArError, match="token byte lengths were modified in place"):
-        torch_io.evaluate_bpb(model, spec, 8)
-    # Rows that the harness never made (the cache filled by hand) are refused too.
-    monkeypatch.setattr(torch_io, "validation_rows", lambda spec: np.array(rows[:4]))
-    with pytest.raises(ArError, match="not made by the harness"):
-        torch_io.evaluate_bpb(model, tiny_data_ctx, 8)
-
-
-def test_functions_replaced_before_the_harness_is_imported_are_caught(tmp_path):
-    script = tmp_path / "early.py"
-    script.write_text(textwrap.dedent("""\
-        import torch
-        torch.log_softmax = lambda *a, **k: None
-        from autoresearch.data import integrity, torch_io
-        print(integrity.tampering())
-        """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert "torch.log_softmax was replaced before the harness was imported" in out.stdout, out.stderr
-
-
-# -- the result channel ---------------------------------------------------------------------
-
-
-def test_the_channel_holds_one_signed_record_per_evaluation(tiny_data_ctx, monkeypatch):
-    channel = Channel()
-    try:
-        monkeypatch.setattr(integrity, "_channel_path", str(channel.path))
-        monkeypatch.setattr(integrity, "_key", channel.key)
-        bpb = torch_io.evaluate_bpb(TinyLM(tiny_data_ctx.VOCAB_SIZE), tiny_data_ctx, 8)
-        records, bad = channel.read()
-        assert bad == [] and len(records) == 1
-        rec = records[0]
-        assert rec["val_bpb"] == bpb and rec["verdict"] == "ok" and rec["framework"] == "torch"
-        assert rec["seq_len"] == 64 and rec["n_rows"] == 32 and rec["vocab"] == 512
-        assert rec["causality"]["ok"] and rec["causality"]["positions"] > 0
-        # Another key cannot verify it; a line appended by anyone without the key is flagged.
-        assert integrity.read_records(str(channel.path), b"x" * 32)[1] == ["line 1 has no valid signature"]
-        forged = dict(rec, val_bpb=0.5)
-        with open(channel.path, "a") as f:
-            f.write(json.dumps({"record": forged, "sig": "0" * 64}) + "\n")
-        records, bad = channel.read()
-        assert len(records) == 1 and bad == ["line 2 has no valid signature"]
-    finally:
-        channel.close()
-    assert not channel.dir.exists()
-
-
-def test_importing_the_harness_takes_the_channel_out_of_the_environment(tmp_path):
-    script = tmp_path / "env.py"
-    script.write_text("import os\nimport autoresearch.data\n"
-                      "print(sorted(k for k in os.environ if k.startswith('AUTORESEARCH_RESULT')))\n")
-    env = {**os.environ, "AUTORESEARCH_RESULT_FILE": str(tmp_path / "r"), "AUTORESEARCH_RESULT_KEY": "ab" * 32}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.strip() == "[]", out.stderr
-
-
-# -- trust.judge: the rules, on made-up records ---------------------------------------------
-
-EXPECTED = {"seq_len": 256, "n_rows": 128, "eval_tokens": 32768, "vocab": 2048, "rows_sha256": "r",
-            "token_bytes_sha256": "t"}
+# -- trust.judge: the rules, on made-up judge results --------------------------------------
 
 
 @pytest.fixture
 def policy(tmp_path):
     ctx = RunContext(profile=profiles.get_profile("tiny"), source="builtin", time_budget=10.0, cache=tmp_path)
-    return TrustPolicy(ctx, warmup=2.0, startup=5.0, _expected=dict(EXPECTED))
+    return TrustPolicy(ctx, warmup=2.0, startup=5.0)
 
 
-def record(**kw):
-    rec = {"kind": "eval", "n": 1, "verdict": "ok", "detail": "", "val_bpb": 1.234567, "train_seconds": 10.2,
-           "eval_seconds": 1.0, "val_split_used": False, "time_budget": 10.0, **EXPECTED}
-    rec.update(kw)
-    return rec
+def judged(status="ok", val_bpb=1.234567, category="", reason="", training=11.0, reported=10.2):
+    return JudgeResult(status, val_bpb if status == "ok" else None, category, reason, training, 1.0, {}, reported)
 
 
 @pytest.mark.parametrize(
-    ("summary", "records", "bad", "wall", "category"),
+    ("summary", "result", "category"),
     [
-        ({"val_bpb": 1.234567}, [record()], [], 14.0, None),
-        ({"val_bpb": 1.234567}, [record()], ["line 2 has no valid signature"], 14.0, "forged result"),
-        ({"val_bpb": 0.5}, [], [], 14.0, "val_bpb not from the harness"),
-        ({}, [record()], [], 14.0, "no summary"),
-        ({"val_bpb": 1.2}, [record()], [], 14.0, "printed val_bpb differs"),
-        ({"val_bpb": 1.234567}, [record(), record(n=2)], [], 14.0, "evaluated more than once"),
-        ({"val_bpb": 1.234567}, [record(verdict="non-causal", detail="x")], [], 14.0, "non-causal"),
-        ({"val_bpb": 1.234567}, [record(verdict="tampered", detail="x")], [], 14.0, "tampered harness"),
-        ({"val_bpb": 1.234567}, [record(val_split_used=True)], [], 14.0, "trained on validation data"),
-        ({"val_bpb": 1.234567}, [record(n_rows=16)], [], 14.0, "wrong evaluation data"),
-        ({"val_bpb": 1.234567}, [record(rows_sha256="other")], [], 14.0, "wrong evaluation data"),
-        ({"val_bpb": 1.234567}, [record(time_budget=600.0)], [], 14.0, "wrong evaluation data"),
-        # training: budget 10 s * 1.05 + 2 s warm-up = 12.5 s allowed
-        ({"val_bpb": 1.234567}, [record(train_seconds=12.6)], [], 14.0, "over budget"),
-        # the whole run: 12.5 + 5 s start-up + its 1 s of evaluation
-        ({"val_bpb": 1.234567}, [record(train_seconds=None)], [], 18.6, "over budget"),
-        ({"val_bpb": 1.234567}, [record(train_seconds=None)], [], 18.4, None),
+        ({"val_bpb": 1.234567}, judged(), None),
+        ({"val_bpb": 0.5}, judged("none", training=None, reported=None), "val_bpb not from the harness"),
+        ({}, judged(), "no summary"),
+        ({"val_bpb": 1.2}, judged(), "printed val_bpb differs"),
+        ({"val_bpb": 1.234567}, judged("rejected", category="evaluated more than once"), "evaluated more than once"),
+        ({"val_bpb": 1.234567}, judged("rejected", category="non-causal", reason="x"), "non-causal"),
+        ({"val_bpb": 1.234567}, judged("rejected", category="inconsistent", reason="x"), "inconsistent"),
+        # training as the run reports it: budget 10 s * 1.05 + 2 s warm-up = 12.5 s allowed
+        ({"val_bpb": 1.234567}, judged(reported=12.6), "over budget"),
+        # the judge's own clock, from the launch: 12.5 + 5 s start-up
+        ({"val_bpb": 1.234567}, judged(training=17.6, reported=None), "over budget"),
+        ({"val_bpb": 1.234567}, judged(training=17.4, reported=None), None),
     ],
 )
-def test_judge_rules(policy, summary, records, bad, wall, category):
-    verdict = judge(summary, "ok" if "val_bpb" in summary else "crash", 0, wall, records, bad, policy)
+def test_judge_rules(policy, summary, result, category):
+    verdict = judge(summary, "ok" if "val_bpb" in summary else "crash", 0, result, policy)
     if category is None:
         assert verdict.rejection is None and verdict.val_bpb == 1.234567
     else:
@@ -251,7 +134,16 @@ def test_judge_rules(policy, summary, records, bad, wall, category):
 
 
 def test_a_script_that_crashes_after_evaluating_stays_a_crash(policy):
-    assert judge({}, "crash", 1, 14.0, [record()], [], policy).rejection is None
+    assert judge({}, "crash", 1, judged(), policy).rejection is None
+    assert judge({}, "crash", 1, judged("incomplete"), policy).val_bpb is None
+
+
+def test_a_reported_training_start_outside_the_run_is_ignored():
+    from autoresearch.judge.referee import _reported_training
+
+    assert _reported_training(5.0, 1.0, 20.0) == 15.0
+    assert _reported_training(0.5, 1.0, 20.0) is None  # before the run started: not believed
+    assert _reported_training(25.0, 1.0, 20.0) is None and _reported_training("x", 1.0, 20.0) is None
 
 
 # -- containment: environment, process tree, log -------------------------------------------

@@ -47,8 +47,11 @@ def connect():
     return ""
 attempt("network", connect)
 attempt("write home", lambda: open(os.environ["AUTORESEARCH_TEST_HOME"] + "/planted", "w").write("x") and "")
+val = os.environ["AUTORESEARCH_TEST_VAL"]
+attempt("validation shard", lambda: open(val, "rb").read(16).decode("latin-1"))
+listed = os.path.basename(val) in os.listdir(os.path.dirname(val))
 pids = [p for p in os.listdir("/proc") if p.isdigit()]
-print("SNOOP " + json.dumps({"found": found, "tried": tried, "pids": len(pids)}))
+print("SNOOP " + json.dumps({"found": found, "tried": tried, "pids": len(pids), "val listed": listed}))
 print("---")
 print("val_bpb: 1.0")
 '''
@@ -74,10 +77,11 @@ def snoop(tmp_path: Path, server: int, *flags: str) -> dict:
     home.mkdir(exist_ok=True)
     (home / ".anthropic_key").write_text(SECRET)
     fake_prepared_data(tmp_path / "cache")
+    val = sorted((tmp_path / "cache" / "data" / "builtin").glob("shard_*.parquet"))[-1]
     ws = tmp_path / "ws"
     runner = CliRunner()
     env = {"ANTHROPIC_API_KEY": SECRET, "AUTORESEARCH_TEST_HOME": str(home), "AUTORESEARCH_TEST_PORT": str(server), "COLUMNS": "200",
-           "AUTORESEARCH_NO_SANDBOX": None}
+           "AUTORESEARCH_NO_SANDBOX": None, "AUTORESEARCH_TEST_VAL": str(val)}
     if not ws.exists():
         assert runner.invoke(app, ["init", "snoop", "--dir", str(ws), "--backend", "cpu"], env=env).exit_code == 0
         cfg = ws / ".autoresearch" / "config.toml"
@@ -102,6 +106,7 @@ def test_a_sandboxed_run_cannot_read_the_key_reach_the_network_or_touch_home(tmp
     assert tried["own environ"] == "ok" and got["pids"] <= 3
     assert tried["home file"] != "ok" and tried["home listing"] != "ok" and tried["write home"] != "ok"
     assert tried["network"] != "ok"
+    assert tried["validation shard"] != "ok" and not got["val listed"]  # the judge holds the validation rows
     assert not (got["home"] / "planted").exists()
     assert got["run"]["sandbox"] == "bubblewrap"
     finished = [r for r in read_run_records(got["ws"] / ".autoresearch" / "runs" / "runs.jsonl")
@@ -117,6 +122,7 @@ def test_without_the_sandbox_the_same_script_gets_further_and_results_say_so(tmp
     # environment: the allow-list holds without a sandbox.)
     got = snoop(tmp_path, server, "--no-sandbox")
     assert got["tried"]["network"] == "ok" and got["tried"]["home file"] == "ok"
+    assert got["tried"]["validation shard"] == "ok"
     assert "own environ" not in got["found"]
     assert got["run"]["sandbox"] == "none"
     shown = CliRunner().invoke(app, ["results", "--dir", str(got["ws"])], env={"COLUMNS": "200"})

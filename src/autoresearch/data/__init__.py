@@ -8,8 +8,8 @@ Training scripts use it like this:
     from autoresearch.data.torch_io import make_dataloader, evaluate_bpb
 """
 
-# First: takes the result channel out of os.environ before anything else can read it.
-from . import integrity  # noqa: F401  (isort: skip)
+# First: takes the judge's socket out of os.environ before anything else can read it.
+from ..judge import client as _judge_client  # noqa: F401  (isort: skip)
 from .context import RunContext, load_context
 from .profiles import PROFILES, Profile, get_profile
 

@@ -19,11 +19,9 @@ script could have rewritten it). Only `ar prepare` writes it; digests.py checks 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-from . import integrity
 
 CACHE_ENV = "AUTORESEARCH_CACHE"
 
@@ -73,6 +71,3 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-integrity.protect_module(sys.modules[__name__])

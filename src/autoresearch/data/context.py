@@ -12,12 +12,10 @@ agree:
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArError
-from . import integrity
 from .cache import COMPLETE_NAME, LEGACY_PICKLE_NAME, TOKENIZER_META_NAME, cache_root, data_dir, list_shards, tokenizer_dir
 from .profiles import DEFAULT_PROFILE, Profile, get_profile
 
@@ -82,7 +80,9 @@ class RunContext:
 
     def check_prepared(self) -> None:
         """Raise a clear error naming the `ar prepare` command if data is missing."""
-        shards = list_shards(self.source, self.cache)
+        from .digests import prepared_shards
+
+        shards = prepared_shards(self.data_dir) or list_shards(self.source, self.cache)
         if len(shards) < 2 or not (self.data_dir / COMPLETE_NAME).exists():
             raise ArError(f"no prepared data for source {self.source!r} in {self.data_dir}; run: {self.prepare_command()}")
         if not (self.tokenizer_dir / TOKENIZER_META_NAME).is_file():
@@ -105,6 +105,3 @@ def load_context(folder: Path | None = None) -> RunContext:
         raise ArError(f"time budget must be positive, got {budget}")
     path = str(cfg.get("source_path") or "") if source == cfg.get("source") else ""
     return RunContext(profile=profile, source=source, time_budget=budget, cache=cache_root(), source_path=path)
-
-
-integrity.protect_module(sys.modules[__name__])

@@ -28,14 +28,12 @@ import json
 import os
 import re
 import stat
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..errors import ArError
-from . import integrity
 from .cache import DIGESTS_NAME, atomic_write
 
 if TYPE_CHECKING:
@@ -210,4 +208,14 @@ def verify_cache(ctx: RunContext, *, pinned: Optional[dict[str, Digests]] = None
     return checked
 
 
-integrity.protect_module(sys.modules[__name__])
+def prepared_shards(data_dir: Path) -> Optional[list[Path]]:
+    """The shards `ar prepare` recorded for a data folder, in order (the last is the validation
+    shard), whether or not this process can see them: a sandboxed run has the validation
+    shard hidden. None when no digests were recorded."""
+    try:
+        recorded = load_digests(data_dir)
+    except ArError:
+        return None
+    if recorded is None:
+        return None
+    return [data_dir / name for name in sorted(recorded) if name.startswith("shard_") and name.endswith(".parquet")]

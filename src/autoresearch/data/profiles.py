@@ -12,11 +12,9 @@ and a lower-entropy dataset, as the upstream author recommends for laptops.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 from ..errors import ArError
-from . import integrity
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,3 @@ def get_profile(name: str) -> Profile:
     except KeyError:
         known = ", ".join(PROFILES)
         raise ArError(f"unknown profile {name!r}; choose one of: {known}") from None
-
-
-integrity.protect_module(sys.modules[__name__])

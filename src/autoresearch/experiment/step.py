@@ -38,7 +38,7 @@ from autoresearch.experiment.keep import MAX_RUNS, Decision, decide, decide_test
 from autoresearch.proposers.base import Proposal, Usage
 from autoresearch.journal.files import ResultRow
 from autoresearch.experiment.early_stop import compact, curve_point
-from autoresearch.run.process import RunResult, StopRun, rejected_run, rejection_note
+from autoresearch.run.process import RunResult, StopRun, advise, rejection_note
 
 MAX_REAPPLY = 3  # re-applications of one experiment onto a moving best before it is discarded
 # ast.parse is not thread-safe on CPython 3.11 (concurrent calls can fail with "SystemError:
@@ -258,21 +258,23 @@ def run_once(lab: Lab, runner: Runner, plan: Plan, commit: str, kind: str, seed:
             raise StopRun(why)
 
     plan.seeds.append(seed)
-    if refused:
-        result = rejected_run(lab.new_log(commit), "static check", refused)
-    else:
-        try:
-            result = runner.run(commit, seed=seed, on_progress=progress)
-        except (KeyboardInterrupt, StopRequested):  # a runner that lets the interrupt through: still journalled
-            lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status="interrupted",
-                       val_bpb=None, reason="interrupted by the user (Ctrl-C or a stop signal)", budget=s.budget,
-                       backend=s.backend)
-            raise Abandoned(kind) from None
+    try:
+        result = runner.run(commit, seed=seed, on_progress=progress)
+    except (KeyboardInterrupt, StopRequested):  # a runner that lets the interrupt through: still journalled
+        lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status="interrupted",
+                   val_bpb=None, reason="interrupted by the user (Ctrl-C or a stop signal)", budget=s.budget,
+                   backend=s.backend)
+        raise Abandoned(kind) from None
+    if refused:  # advice, not a boundary (the sandbox and the judge are): the run went ahead; the model is told
+        result.advice = refused
+        advise(result, f"[ar] the static check flagged this edit ({refused}); it ran anyway and ar's judge "
+                       "computed its val_bpb")
     lab.record("run", id=plan.xid, experiment=plan.number, commit=commit, kind=kind, seed=seed, status=result.status,
                val_bpb=result.val_bpb, memory_gb=result.memory_gb, seconds=round(result.seconds, 3), reason=result.reason,
                returncode=result.returncode, budget=s.budget, backend=s.backend, log=str(result.log_path),
                summary=result.summary, rejection=result.rejection or None, machine=result.machine,
-               curve=compact(points) or None, sandbox=result.sandbox or None)
+               curve=compact(points) or None, sandbox=result.sandbox or None, judge=result.harness,
+               advice=result.advice or None)
     lab.emit("run_finished", number=plan.number, commit=commit, run_kind=kind, result=result, val_bpb=result.val_bpb)
     if result.status == "interrupted":
         raise Abandoned(kind, result)

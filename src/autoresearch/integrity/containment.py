@@ -50,8 +50,8 @@ _ALLOW_PREFIXES = (
 )
 # Whatever its prefix, a variable whose name looks like a secret is dropped.
 _SECRET = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
-# The result channel is the orchestrator's, set per run, never inherited.
-_CHANNEL = ("AUTORESEARCH_RESULT_FILE", "AUTORESEARCH_RESULT_KEY", RUN_ID_ENV)
+# The judge's socket and the run marker are the orchestrator's, set per run, never inherited.
+_CHANNEL = ("AUTORESEARCH_JUDGE_FD", RUN_ID_ENV)
 
 
 def allowed_name(name: str) -> bool:

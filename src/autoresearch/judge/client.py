@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -36,6 +37,15 @@ def _take_fd() -> Optional[int]:
 
 _fd = _take_fd()
 _sock: Optional[socket.socket] = None
+_train_start: Optional[float] = None  # time.monotonic() of the first training batch (data/loader.py)
+
+
+def training_started() -> None:
+    """The data loader served its first training batch: told to the judge with the evaluation
+    request (a report of the run's own, checked against the judge's clock; docs/judge.md)."""
+    global _train_start
+    if _train_start is None:
+        _train_start = time.monotonic()
 
 
 def active() -> bool:
@@ -58,7 +68,7 @@ def evaluate(model: Any, batch_size: int, sock: Optional[socket.socket] = None) 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be a positive integer, got {batch_size!r}")
     sock = sock or _connection()
-    _send(sock, {"type": P.HELLO, "version": P.VERSION, "batch_size": batch_size})
+    _send(sock, {"type": P.HELLO, "version": P.VERSION, "batch_size": batch_size, "train_start": _train_start})
     head = _recv(sock, {P.CONFIG: 0})
     seq, vocab = int(head["seq_len"]), int(head["vocab"])
     expect = {P.BATCH: lambda h: P.nbytes("int32", int(h["rows"]), seq), P.DONE: 0}

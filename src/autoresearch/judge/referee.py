@@ -46,6 +46,9 @@ class JudgeResult:
     training_seconds: Optional[float] = None  # run start -> first evaluation request (None: no run_start)
     eval_seconds: Optional[float] = None  # first request -> done (or failure)
     details: dict = field(default_factory=dict)  # batches, checks, bytes, causality statistics
+    # first training batch -> first evaluation request, as the run reports it (None: not reported);
+    # only its clock-consistent values are kept (between the run's start and its request)
+    reported_training: Optional[float] = None
 
 
 class Rejected(Exception):
@@ -186,6 +189,7 @@ class Judge:
         self._thread: Optional[threading.Thread] = None
         self._run_start: Optional[float] = None
         self._hello: Optional[float] = None
+        self._reported: Optional[float] = None
         self._result = JudgeResult("none", None, reason="the run did not ask for an evaluation")
 
     @classmethod
@@ -239,13 +243,15 @@ class Judge:
         self._result = JudgeResult(
             status, val_bpb, category, reason,
             None if self._run_start is None or self._hello is None else round(self._hello - self._run_start, 4),
-            None if self._hello is None else round(now - self._hello, 4), details or self._result.details)
+            None if self._hello is None else round(now - self._hello, 4), details or self._result.details,
+            self._reported)
 
     def _serve(self) -> None:
         sock = self._sock
         try:
             head, _ = P.recv(sock, {P.HELLO: 0}, self.reply_timeout, wait=None)
             self._hello = time.monotonic()  # the training clock stops here
+            self._reported = _reported_training(head.get("train_start"), self._run_start, self._hello)
             self._evaluate(sock, head)
         except P.Closed:
             if self._hello is not None:
@@ -406,3 +412,14 @@ def _compare(variant: tuple, original: tuple, rtol: float) -> None:
             f"changing the tokens after position {cut} changed the model's output at position {where} by "
             f"{diff:.4g} (tolerance {tol:.3g}); the model looks at later tokens (use a causal attention mask), "
             "or its forward pass is not deterministic"))
+
+
+def _reported_training(start, run_start: Optional[float], hello: float) -> Optional[float]:
+    """Seconds from the run's reported first training batch to its evaluation request; the
+    report is the run's own (it could lie only by saying it started later), so it is kept
+    only when it lies between the run's start and the request, else None."""
+    if not isinstance(start, (int, float)) or isinstance(start, bool) or not math.isfinite(start):
+        return None
+    if start > hello or (run_start is not None and start < run_start):
+        return None
+    return round(hello - float(start), 4)

@@ -124,3 +124,7 @@ class Proposing:
         """Remember a crash's log tail for the next proposal."""
         failed = next((r for r in outcome.results if r.status != "ok"), None)
         self.last_crash_tail = "\n".join(failed.log_tail) if outcome.status == "crash" and failed else None
+        flagged = next((r.advice for r in outcome.results if r.advice), "")
+        if flagged:  # the static check's advice reaches the model whatever the run came to
+            self.feedback = (f"the static check flagged your last edit ({flagged}); it ran anyway and was "
+                             "judged by ar's judge: leave the harness, the metric and the environment alone")

@@ -13,7 +13,7 @@ are found by containment.ProcessTracker and killed.
 Containment (every run): the environment is allow-listed (no API keys), the log is
 capped at `max_log_bytes` (then the group is killed), and a run that leaves a process
 behind that ignored SIGTERM, or one that had left the group, is "rejected". With a
-`policy` (trust.TrustPolicy), val_bpb is taken only from the harness's signed record and
+`policy` (trust.TrustPolicy), val_bpb is taken only from ar's judge (judge/referee.py) and
 checked against the printout, the workspace's constants and the budget (trust.judge).
 A rejected run has status "rejected", `rejection` (a short category for results.tsv)
 and `reason`; the reason is also the last line of its log, so the next proposal sees it.
@@ -68,9 +68,10 @@ class RunResult:
     log_tail: list[str] = field(default_factory=list)  # the last 50 lines of output
     returncode: Optional[int] = None
     rejection: str = ""  # status "rejected": the short category ("non-causal", "over budget", ...)
-    harness: Optional[dict] = None  # the harness's signed evaluation record, when there is one
+    harness: Optional[dict] = None  # what ar's judge measured (val_bpb, clocks, checks), when it evaluated
     machine: Optional[float] = None  # share of the machine other work used during the run (run/probe.py)
     sandbox: str = ""  # the OS sandbox it ran in: bubblewrap, seatbelt, none ("" unknown)
+    advice: str = ""  # what the static check flagged in the edit (it ran anyway)
 
 
 def rejection_note(category: str) -> str:
@@ -83,19 +84,19 @@ def _append_log(path: Path, line: str) -> None:
         f.write(("\n" + line + "\n").encode("utf-8"))
 
 
+def advise(result: RunResult, line: str) -> None:
+    """A note for the model at the end of the run's log (and of its tail, which the next proposal sees)."""
+    _append_log(result.log_path, line)
+    result.log_tail = [*result.log_tail, line]
+
+
 def reject(result: RunResult, category: str, why: str) -> RunResult:
     """`result` turned into a rejection; the reason goes to the end of its log and tail."""
     line = f"[ar] rejected ({category}): {why}"
     _append_log(result.log_path, line)
-    return RunResult(status="rejected", val_bpb=None, memory_gb=0.0, seconds=result.seconds, summary=result.summary,
-                     reason=f"rejected ({category}): {why}", log_path=result.log_path,
-                     log_tail=(list(result.log_tail) + [line])[-TAIL_LINES:], returncode=result.returncode,
-                     rejection=category, harness=result.harness)
-
-
-def rejected_run(log_path: Path, category: str, why: str) -> RunResult:
-    """A run that never started (refused before running), as a rejected RunResult."""
-    return reject(RunResult("rejected", None, 0.0, 0.0, {}, "", log_path), category, why)
+    return dataclasses.replace(result, status="rejected", val_bpb=None, memory_gb=0.0,
+                               reason=f"rejected ({category}): {why}",
+                               log_tail=(list(result.log_tail) + [line])[-TAIL_LINES:], rejection=category)
 
 
 class _Stopped(Exception):
@@ -255,23 +256,20 @@ def run_script(
     Output (stdout and stderr) is appended to `log_path`, at most `max_log_bytes` of it.
     `env` is added to the allow-listed part of the current environment
     (containment.clean_env). With `policy` (a trust.TrustPolicy) val_bpb comes from the
-    harness's result channel and is checked (trust.judge). Ctrl-C, SIGTERM and SIGHUP
+    judge (a thread here, judge/referee.py) and is checked (trust.judge). Ctrl-C, SIGTERM and SIGHUP
     stop the run and return status "interrupted"; the caller decides what to do next.
     So does setting `stop` (runs in worker threads, where signals do not arrive).
     With `sandbox` (autoresearch.sandbox) the script runs inside it and sees only `mounts`
-    (sandbox.Mounts), plus the result channel's folder; `result.sandbox` names it.
+    (sandbox.Mounts); `result.sandbox` names it.
     """
     full_env = clean_env(os.environ, env)
     full_env["PYTHONUNBUFFERED"] = "1"  # progress lines arrive while they happen
     run_id = secrets.token_hex(8)
     full_env[RUN_ID_ENV] = run_id  # marks the run's processes, wherever they go
-    channel = None
-    if policy is not None:
-        from autoresearch.integrity.trust import Channel
-
-        policy.expected()  # now, not while the run could be blamed for what it imports and writes
-        channel = Channel()
-        full_env.update(channel.env())
+    referee = None
+    if policy is not None:  # val_bpb from the judge, a thread of this process (judge/referee.py)
+        referee = policy.judge()
+        full_env.update(referee.env())
     log_path.parent.mkdir(parents=True, exist_ok=True)
     status: Optional[str] = None
     start = time.monotonic()
@@ -279,32 +277,31 @@ def run_script(
         offset = log.seek(0, os.SEEK_END)  # where this run's output starts
         argv = [python, str(script)]
         if sandbox is not None:
-            extra = [channel.dir] if channel is not None else []
-            argv = sandbox.command(argv, cwd=cwd, mounts=dataclasses.replace(
-                mounts, writable=[*mounts.writable, *extra]))
+            argv = sandbox.command(argv, cwd=cwd, mounts=mounts)
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=str(cwd),
                 env=full_env,
+                pass_fds=referee.pass_fds if referee is not None else (),  # the run's end of the judge's socket
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: the whole tree can be stopped
             )
         except OSError as e:
-            if channel is not None:
-                channel.close()
+            if referee is not None:
+                referee.close()
             raise ArError(f"cannot start {python} {script}: {e}") from None
+        if referee is not None:
+            referee.start(start)
         reader = _OutputReader(proc.stdout, log, on_progress, max_log_bytes, lambda: _signal_group(proc, signal.SIGKILL))
         tracker = ProcessTracker(proc.pid, run_id)
-        ended: Optional[float] = None
         try:  # from here a Ctrl-C (to the whole terminal group) is an interrupted run, never lost
             tracker.start()
             reader.start()
             with _stop_signals():
                 status = _wait(proc, kill_after, stop, reader.stopped)
-                ended = time.monotonic()
         except (KeyboardInterrupt, _Stopped):
             status = "interrupted"
         finally:
@@ -321,17 +318,13 @@ def run_script(
     result = _result(status, proc.returncode, seconds, log_path, offset, list(reader.tail), kill_after,
                      reader.stop_reason)
     result.sandbox = sandbox.name if sandbox is not None else "none"
-    try:
-        return _contain(result, overflow=reader.overflow, max_log_bytes=max_log_bytes, strays=strays,
-                        stubborn=stubborn and status is None, channel=channel, policy=policy,
-                        wall=(ended if ended is not None else time.monotonic()) - start)
-    finally:
-        if channel is not None:
-            channel.close()
+    verdict = referee.close() if referee is not None else None  # the run's processes are gone: so is its end
+    return _contain(result, overflow=reader.overflow, max_log_bytes=max_log_bytes, strays=strays,
+                    stubborn=stubborn and status is None, verdict=verdict, policy=policy)
 
 
 def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: list, stubborn: bool,
-             channel, policy, wall: float) -> RunResult:
+             verdict, policy) -> RunResult:
     """The run's containment checks, then (with a policy) the harness's verdict."""
     if result.status == "interrupted":
         return result
@@ -344,12 +337,11 @@ def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: l
     if stubborn:
         return reject(result, "process ignored SIGTERM", "a process of the run was still there after it ended and "
                                                          "ignored SIGTERM; it had to be killed")
-    if channel is None or result.status == "stopped":  # stopped while training: nothing to judge
+    if verdict is None or result.status == "stopped":  # stopped while training: nothing to judge
         return result
     from autoresearch.integrity.trust import judge
 
-    records, bad = channel.read()
-    verdict = judge(result.summary, result.status, result.returncode, wall, records, bad, policy)
+    verdict = judge(result.summary, result.status, result.returncode, verdict, policy)
     result.harness = verdict.record
     if verdict.rejection is not None:
         return reject(result, *verdict.rejection)

@@ -67,10 +67,14 @@ class ScriptRunner:
         and git, the Python environment and the prepared data and tokenizer read-only."""
         from autoresearch.sandbox import Mounts, python_paths
 
-        data = [self.ctx.data_dir, self.ctx.tokenizer_dir] if self.ctx is not None else []
+        data, hidden = [], []
+        if self.ctx is not None:
+            data = [self.ctx.data_dir, self.ctx.tokenizer_dir]
+            hidden = [p for p in [spec_val_shard(self.ctx)] if p]  # the judge holds the validation rows: the run never sees them
         # Bound read-only on top of the writable workspace: the run cannot touch the journal or git.
         journal = [self.folder / name for name in (".git", ".autoresearch", "results.tsv")]
-        return Mounts(writable=[self.folder], readonly=[*python_paths(), *data, *journal], network=self.network)
+        return Mounts(writable=[self.folder], readonly=[*python_paths(), *data, *journal], hidden=hidden,
+                      network=self.network)
 
     def run(self, commit: str, *, seed: Optional[int] = None, on_progress: Optional[Callable[[dict], None]] = None) -> RunResult:
         self.check_cache()  # a changed cache would move every later number: stop before running on it
@@ -117,3 +121,12 @@ def choose_sandbox(found=None):
     if isinstance(sandbox, Unavailable):
         raise ArError(f"cannot sandbox the training runs: {sandbox.reason}; or run without a sandbox: --no-sandbox")
     return sandbox
+
+
+def spec_val_shard(ctx) -> Optional[Path]:
+    """The validation shard of a prepared cache: the last shard, as data.loader.data_spec says."""
+    from autoresearch.data.cache import list_shards
+    from autoresearch.data.digests import prepared_shards
+
+    shards = prepared_shards(ctx.data_dir) or list_shards(ctx.source, ctx.cache)
+    return shards[-1] if shards else None

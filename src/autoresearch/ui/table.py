@@ -53,7 +53,8 @@ def _cells(view: View, spent: dict[int, dict], last: Optional[int]) -> tuple[tup
         extra.append(("backend", lambda e: e.backend))
     if any(e.worker for e in entries):  # `ar loop --workers`: who ran what
         extra.append(("worker", lambda e: e.worker))
-    if any(e.record.get("sandbox") == "none" for e in entries):  # some ran with --no-sandbox: which
+    sandboxes = {e.record.get("sandbox") for e in entries if e.record.get("sandbox")}
+    if "none" in sandboxes and len(sandboxes) > 1:  # some ran with --no-sandbox, some not: which
         extra.append(("sandbox", lambda e: str(e.record.get("sandbox") or "")))
     if spent:
         extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))

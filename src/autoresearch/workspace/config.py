@@ -36,7 +36,7 @@ class WorkspaceConfig:
     budget: float  # seconds of training the script is given
     kill: float = DEFAULT_KILL  # hard wall-clock limit of one run, start-up included
     editable: str = "train.py"  # the script of `backend`, the one file the agent may edit (for_backend)
-    # Where val_bpb comes from: "harness" (the signed result of evaluate_bpb, checked; see
+    # Where val_bpb comes from: "harness" (ar's judge evaluates the model, checked; see
     # integrity/trust.py) or "printed" (the summary line only, for scripts that do not use the
     # autoresearch harness: no causality, tamper or budget checks then).
     metric: str = "harness"
