@@ -53,6 +53,7 @@ TAIL_LINES = 50
 DEFAULT_GRACE = 5.0
 _SUMMARY_BYTES = 256 * 1024  # the summary block is looked for in this much of the log's end
 _DRAIN_SECONDS = 2.0  # after the group is gone, how long to wait for the pipe to close
+SANDBOX_TEARDOWN = 5.0  # seconds a sandbox's namespace may take to disappear after its init exits
 MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's output beyond this stops the run: a print loop cannot fill the disk
 
 
@@ -308,7 +309,11 @@ def run_script(
             # Always, even after a normal exit: sweep up workers the script left behind.
             # A second Ctrl-C while stopping kills the group at once; the sweep completes.
             with _second_sigint_kills(proc):
-                stubborn = stop_group(proc, grace, reap=tracker.reap)
+                # In a sandbox the kernel ends every process of its PID namespace once bwrap
+                # exits: what is left is being torn down, not ignoring SIGTERM (on a busy
+                # machine that takes longer than a short grace), so give it time, blame nothing.
+                stubborn = stop_group(proc, grace if sandbox is None else max(grace, SANDBOX_TEARDOWN),
+                                      reap=tracker.reap) and sandbox is None
                 strays = tracker.kill_strays()  # those that had left the group
                 tracker.close()
                 if reader.is_alive():
