@@ -9,7 +9,7 @@ Training scripts use it like this:
 """
 
 # First: takes the judge's socket out of os.environ before anything else can read it.
-from ..judge import client as _judge_client  # noqa: F401  (isort: skip)
+from ..judge import session as _judge_session  # noqa: F401  (isort: skip)
 from .context import RunContext, load_context
 from .profiles import PROFILES, Profile, get_profile
 

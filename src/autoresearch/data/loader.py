@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from ..errors import ArError
-from ..judge import client as _judge_client
+from ..judge import session as _judge_session
 from .cache import list_shards
 from .tokenizer import Tokenizer
 
@@ -227,7 +227,7 @@ def iter_rows(ctx_or_spec: Union[RunContext, DataSpec], batch_size: int, seq_len
     _check_shape(batch_size, seq_len)
     packer = make_packer(spec, seq_len, split, repeat=True)
     if split == "train":
-        _judge_client.training_started()  # reported to the judge with the evaluation request
+        _judge_session.training_started()  # reported to the judge with the evaluation request
     while True:
         rows = np.empty((batch_size, seq_len + 1), dtype=np.int32)
         packer.fill_rows(rows)  # never short: the stream repeats

@@ -4,7 +4,15 @@
 was started with a judge (AUTORESEARCH_JUDGE_FD). Wire format: protocol.
 """
 
-from .protocol import FD_ENV
-from .referee import Judge, JudgeResult
+from .session import FD_ENV
 
 __all__ = ["FD_ENV", "Judge", "JudgeResult"]
+
+
+def __getattr__(name: str):
+    # Lazily: the run's harness imports this package too, and needs none of the referee.
+    if name in ("Judge", "JudgeResult"):
+        from . import referee
+
+        return getattr(referee, name)
+    raise AttributeError(name)

@@ -10,55 +10,33 @@ comes back from the judge; nothing here decides it.
 
 from __future__ import annotations
 
-import os
 import socket
-import time
 from typing import Any, Optional
 
 import numpy as np
 
 from ..errors import ArError
 from . import protocol as P
+from . import session
 
 _CE_CHUNK_ELEMENTS = 1 << 26  # logits per float32 log-softmax chunk (bounds temporary memory)
 WAIT_SECONDS = 3600.0  # for the judge's replies (its own work per batch is small)
 
 
-def _take_fd() -> Optional[int]:
-    value = os.environ.pop(P.FD_ENV, None)
-    try:
-        fd = int(value) if value else None
-        if fd is not None:
-            os.set_inheritable(fd, False)
-        return fd
-    except (ValueError, OSError):
-        return None
-
-
-_fd = _take_fd()
 _sock: Optional[socket.socket] = None
-_train_start: Optional[float] = None  # time.monotonic() of the first training batch (data/loader.py)
-
-
-def training_started() -> None:
-    """The data loader served its first training batch: told to the judge with the evaluation
-    request (a report of the run's own, checked against the judge's clock; docs/judge.md)."""
-    global _train_start
-    if _train_start is None:
-        _train_start = time.monotonic()
 
 
 def active() -> bool:
     """Whether this process was started by `ar` with a judge to answer."""
-    return _fd is not None
+    return session.fd is not None
 
 
 def _connection() -> socket.socket:
     global _sock
     if _sock is None:
-        if _fd is None:
+        if session.fd is None:
             raise ArError("no judge to evaluate with (AUTORESEARCH_JUDGE_FD was not set)")
-        _sock = socket.socket(fileno=_fd)
+        _sock = socket.socket(fileno=session.fd)
     return _sock
 
 
@@ -68,7 +46,7 @@ def evaluate(model: Any, batch_size: int, sock: Optional[socket.socket] = None) 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ArError(f"evaluate_bpb: batch_size must be a positive integer, got {batch_size!r}")
     sock = sock or _connection()
-    _send(sock, {"type": P.HELLO, "version": P.VERSION, "batch_size": batch_size, "train_start": _train_start})
+    _send(sock, {"type": P.HELLO, "version": P.VERSION, "batch_size": batch_size, "train_start": session.train_start})
     head = _recv(sock, {P.CONFIG: 0})
     seq, vocab = int(head["seq_len"]), int(head["vocab"])
     expect = {P.BATCH: lambda h: P.nbytes("int32", int(h["rows"]), seq), P.DONE: 0}
