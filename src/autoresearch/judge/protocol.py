@@ -86,6 +86,8 @@ def _read_exact(sock: socket.socket, n: int, deadline: Optional[float], started:
             k = sock.recv_into(view[got:], n - got)
         except socket.timeout:
             raise ProtocolError("timed out waiting for the peer") from None
+        except (ConnectionResetError, BrokenPipeError):  # the run went away (crashed, or killed)
+            raise Closed("the peer closed the connection") from None
         except OSError as e:
             raise ProtocolError(f"connection failed ({e})") from None
         if k == 0:
