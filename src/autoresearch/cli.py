@@ -64,6 +64,19 @@ class _Console:
         return getattr(self.real, name)
 
 
+# Options `ar run` and `ar loop` share (one definition, one help text).
+EARLY_STOP = typer.Option(
+    True, "--early-stop/--no-early-stop", help="Stop a new idea's run once its training loss is clearly worse than "
+    "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
+    "it is recorded as a discard that says so."
+)
+NO_SANDBOX = typer.Option(
+    False, "--no-sandbox", envvar="AUTORESEARCH_NO_SANDBOX", show_envvar=True,
+    help="Run the training script without the OS sandbox (bubblewrap on Linux, sandbox-exec on macOS) that "
+    "otherwise hides your home, other processes, the network and any secret from it and keeps the cache "
+    "read-only. Only where no sandbox can be made; rows then say so."
+)
+
 console = _Console()
 err_console = _Console(stderr=True)
 
@@ -233,17 +246,8 @@ def run(
         "measured so far; a promising result runs again), noise (the earlier noise-floor rule) or strict (any lower "
         "val_bpb is kept)."
     ),
-    early_stop: bool = typer.Option(
-        True, "--early-stop/--no-early-stop", help="Stop a new idea's run once its training loss is clearly worse than "
-        "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
-        "it is recorded as a discard that says so."
-    ),
-    no_sandbox: bool = typer.Option(
-        False, "--no-sandbox", envvar="AUTORESEARCH_NO_SANDBOX", show_envvar=True,
-        help="Run the training script without the OS sandbox (bubblewrap on Linux, sandbox-exec on macOS) that "
-        "otherwise hides your home, other processes, the network and any secret from it and keeps the cache "
-        "read-only. Only where no sandbox can be made; rows then say so."
-    ),
+    early_stop: bool = EARLY_STOP,
+    no_sandbox: bool = NO_SANDBOX,
 ) -> None:
     """Train the editable script once, the way the loop does, and record it.
 
@@ -412,17 +416,8 @@ def loop(
         "noise: the earlier rule (+2 baseline runs at the start measure a noise floor). "
         "strict: any lower val_bpb is kept (upstream, no extra runs)."
     ),
-    early_stop: bool = typer.Option(
-        True, "--early-stop/--no-early-stop", help="Stop a new idea's run once its training loss is clearly worse than "
-        "the best's at the same point of the budget (from 30% of it on, never while the learning rate warms up); "
-        "it is recorded as a discard that says so."
-    ),
-    no_sandbox: bool = typer.Option(
-        False, "--no-sandbox", envvar="AUTORESEARCH_NO_SANDBOX", show_envvar=True,
-        help="Run the training script without the OS sandbox (bubblewrap on Linux, sandbox-exec on macOS) that "
-        "otherwise hides your home, other processes, the network and any secret from it and keeps the cache "
-        "read-only. Only where no sandbox can be made; rows then say so."
-    ),
+    early_stop: bool = EARLY_STOP,
+    no_sandbox: bool = NO_SANDBOX,
     budget: Optional[float] = typer.Option(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
     ),

@@ -10,6 +10,8 @@ comes back from the judge; nothing here decides it.
 
 from __future__ import annotations
 
+import contextlib
+
 import socket
 from typing import Any, Optional
 
@@ -98,6 +100,20 @@ def _abort(sock: socket.socket, e: BaseException) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _eval_mode(model: Any, no_grad):
+    """The model in eval mode (when it has one) and `no_grad` around the evaluation, then as it was."""
+    was = getattr(model, "training", None)
+    if was is not None:
+        model.eval()
+    try:
+        with no_grad:
+            yield
+    finally:
+        if was is not None:
+            model.train(was)
+
+
 class TorchModel:
     """A PyTorch model as the client sees it: logits stay on the model's device."""
 
@@ -107,21 +123,7 @@ class TorchModel:
         self.torch, self.model, self.device = torch, model, device
 
     def evaluating(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx():
-            was = getattr(self.model, "training", None)
-            if was is not None:
-                self.model.eval()
-            try:
-                with self.torch.no_grad():
-                    yield
-            finally:
-                if was is not None:
-                    self.model.train(was)
-
-        return ctx()
+        return _eval_mode(self.model, self.torch.no_grad())
 
     def forward(self, x: np.ndarray, vocab: int):
         from ..data.loader import check_logits
@@ -166,20 +168,7 @@ class MlxModel:
         self.mx, self.model = mx, model
 
     def evaluating(self):
-        import contextlib
-
-        @contextlib.contextmanager
-        def ctx():
-            was = getattr(self.model, "training", None)
-            if was is not None:
-                self.model.eval()
-            try:
-                yield
-            finally:
-                if was is not None:
-                    self.model.train(was)
-
-        return ctx()
+        return _eval_mode(self.model, contextlib.nullcontext())  # MLX differentiates only under mx.grad
 
     def forward(self, x: np.ndarray, vocab: int):
         from ..data.loader import check_logits
