@@ -56,7 +56,7 @@ def open_loop(
     model: Optional[str] = None,
     base_url: Optional[str] = None,
     backend: Optional[str] = None,
-    keep_rule: str = "noise",
+    keep_rule: str = "test",  # as the CLI: the one-sided test (experiment/keep.py)
     early_stop: bool = True,
     sandbox: bool = True,
     budget: Optional[float] = None,
