@@ -72,7 +72,7 @@ def server():
     s.close()
 
 
-def snoop(tmp_path: Path, server: int, *flags: str) -> dict:
+def snoop(tmp_path: Path, server: int, *flags: str, config: str = "") -> dict:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     (home / ".anthropic_key").write_text(SECRET)
@@ -85,7 +85,7 @@ def snoop(tmp_path: Path, server: int, *flags: str) -> dict:
     if not ws.exists():
         assert runner.invoke(app, ["init", "snoop", "--dir", str(ws), "--backend", "cpu"], env=env).exit_code == 0
         cfg = ws / ".autoresearch" / "config.toml"
-        cfg.write_text(cfg.read_text() + 'metric = "printed"\n')
+        cfg.write_text(cfg.read_text() + 'metric = "printed"\n' + config)
         (ws / "train.py").write_text(SNOOP)
         git(ws, "commit", "-q", "-am", "snoop")
     res = runner.invoke(app, ["run", "--dir", str(ws), "--budget", "1", *flags], env=env)
@@ -128,6 +128,12 @@ def test_without_the_sandbox_the_same_script_gets_further_and_results_say_so(tmp
     shown = CliRunner().invoke(app, ["results", "--dir", str(got["ws"])], env={"COLUMNS": "200"})
     assert "sandbox: 1 of 1 experiments ran WITHOUT it (--no-sandbox)" in shown.output
     assert read_results(got["ws"] / "results.tsv")[-1].status == "keep"
+
+
+def test_the_workspace_config_can_let_a_sandboxed_run_reach_the_network(tmp_path, server):
+    got = snoop(tmp_path, server, config="network = true\n")
+    assert got["tried"]["network"] == "ok" and got["run"]["sandbox"] == "bubblewrap"
+    assert got["found"] == [] and got["tried"]["home file"] != "ok"  # only the network is let in
 
 
 def test_no_sandbox_available_is_one_line_with_the_fix(tmp_path):
