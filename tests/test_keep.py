@@ -107,12 +107,25 @@ def test_a_decision_limited_by_a_best_measured_once_asks_to_re_run_the_best():
     assert d.action == "discard" and d.remeasure
 
 
+def test_a_gain_is_run_again_while_the_noise_estimate_is_thin():
+    # One re-run of the best, made in a burst of load, gave sd 0.03 on 1 dof: the bar is 13x that.
+    thin = Noise(0.03, 1)
+    d = decide_test([1.92, 1.89], [1.815], thin)
+    assert d.action == "confirm" and "rests on 1 dof" in d.reason  # not discarded on one run
+    assert decide_test([1.92, 1.89], [1.815, 1.812], thin).action == "discard"  # two runs: the test decides
+    assert decide_test([1.92, 1.89], [1.87], Noise(0.03, 4)).action == "discard"  # enough dof: at once
+    assert decide_test([1.92, 1.89], [1.87], thin).action == "confirm"  # the same gain, on 1 dof: again
+    assert decide_test([1.92, 1.89], [1.95], thin).action == "discard"  # no gain: at once, whatever the dof
+
+
 def test_a_deterministic_script_keeps_any_gain():
     assert decide_test([1.0, 1.0], [0.9999], Noise(0.0, 3)).action == "keep"
 
 
-def test_the_false_keep_rate_holds_on_simulated_noise():
-    # 2,000 candidates identical in effect to the best (gain 0), noise sd 0.01: at most 5% kept.
+@pytest.mark.parametrize("scripts", [0, 3])  # 0: the noise rests on the best's and the candidate's runs alone
+def test_the_false_keep_rate_holds_on_simulated_noise(scripts):
+    # 2,000 candidates identical in effect to the best (gain 0), noise sd 0.01: at most 5% kept,
+    # also while the estimate is thin and every gain gets a second run.
     import random
 
     rng = random.Random(7)
@@ -120,7 +133,7 @@ def test_the_false_keep_rate_holds_on_simulated_noise():
     for _ in range(2000):
         best = [1.0 + rng.gauss(0, 0.01) for _ in range(2)]
         values = [1.0 + rng.gauss(0, 0.01)]
-        history = [[1.0 + rng.gauss(0, 0.01) for _ in range(2)] for _ in range(3)]
+        history = [[1.0 + rng.gauss(0, 0.01) for _ in range(2)] for _ in range(scripts)]
         while True:
             d = decide_test(best, values, Noise.pooled(history + [best, values]))
             if d.action != "confirm":
