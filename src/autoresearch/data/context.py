@@ -78,11 +78,17 @@ class RunContext:
             return f"ar prepare --source local --path {folder} --profile {self.profile.name}"
         return f"ar prepare --source {self.source} --profile {self.profile.name}"
 
-    def check_prepared(self) -> None:
-        """Raise a clear error naming the `ar prepare` command if data is missing."""
+    def shards(self) -> list[Path]:
+        """The prepared shards in order, the last one the validation shard: those `ar prepare`
+        recorded (a sandboxed run has the validation shard hidden but still in this list),
+        else those on disk."""
         from .digests import prepared_shards
 
-        shards = prepared_shards(self.data_dir) or list_shards(self.source, self.cache)
+        return prepared_shards(self.data_dir) or list_shards(self.source, self.cache)
+
+    def check_prepared(self) -> None:
+        """Raise a clear error naming the `ar prepare` command if data is missing."""
+        shards = self.shards()
         if len(shards) < 2 or not (self.data_dir / COMPLETE_NAME).exists():
             raise ArError(f"no prepared data for source {self.source!r} in {self.data_dir}; run: {self.prepare_command()}")
         if not (self.tokenizer_dir / TOKENIZER_META_NAME).is_file():

@@ -29,7 +29,6 @@ import numpy as np
 
 from ..errors import ArError
 from ..judge import session as _judge_session
-from .cache import list_shards
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -57,9 +56,7 @@ def data_spec(ctx_or_spec: Union[RunContext, DataSpec]) -> DataSpec:
         return ctx_or_spec
     ctx = ctx_or_spec
     ctx.check_prepared()
-    from .digests import prepared_shards
-
-    shards = prepared_shards(ctx.data_dir) or list_shards(ctx.source, ctx.cache)
+    shards = ctx.shards()
     return DataSpec(
         train_shards=tuple(shards[:-1]),
         val_shard=shards[-1],

@@ -40,7 +40,6 @@ VERSION = 1
 MAGIC = b"ARJ1"
 PREFIX = struct.Struct(">4sIQ")
 MAX_HEADER = 4096
-from .session import FD_ENV  # noqa: E402,F401  (one name, defined where it is read)
 
 HELLO, CONFIG, BATCH, COMMIT, CHALLENGE, LOGITS, DONE, REJECT, ABORT = (
     "hello", "config", "batch", "commit", "challenge", "logits", "done", "reject", "abort")

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from . import protocol as P
+from .session import FD_ENV
 
 MIN_PROBES, PROBE_DIVISOR = 48, 8  # variant rows: max(48, n/8), at most 2n
 ROW_FLOATS = 1 << 19  # logit floats asked per batch for spot checks (>= MIN_SPOT rows)
@@ -203,7 +204,7 @@ class Judge:
         return (self.child_fd,)
 
     def env(self) -> dict[str, str]:
-        return {P.FD_ENV: str(self.child_fd)}
+        return {FD_ENV: str(self.child_fd)}
 
     def start(self, run_start: Optional[float] = None) -> None:
         """After Popen: drop ar's copy of the run's end and serve in a thread.

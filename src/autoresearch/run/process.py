@@ -88,16 +88,15 @@ def _append_log(path: Path, line: str) -> None:
 def advise(result: RunResult, line: str) -> None:
     """A note for the model at the end of the run's log (and of its tail, which the next proposal sees)."""
     _append_log(result.log_path, line)
-    result.log_tail = [*result.log_tail, line]
+    result.log_tail = [*result.log_tail, line][-TAIL_LINES:]
 
 
 def reject(result: RunResult, category: str, why: str) -> RunResult:
     """`result` turned into a rejection; the reason goes to the end of its log and tail."""
-    line = f"[ar] rejected ({category}): {why}"
-    _append_log(result.log_path, line)
-    return dataclasses.replace(result, status="rejected", val_bpb=None, memory_gb=0.0,
-                               reason=f"rejected ({category}): {why}",
-                               log_tail=(list(result.log_tail) + [line])[-TAIL_LINES:], rejection=category)
+    out = dataclasses.replace(result, status="rejected", val_bpb=None, memory_gb=0.0,
+                              reason=f"rejected ({category}): {why}", rejection=category)
+    advise(out, f"[ar] rejected ({category}): {why}")
+    return out
 
 
 class _Stopped(Exception):
@@ -363,15 +362,14 @@ def _contain(result: RunResult, *, overflow: bool, max_log_bytes: int, strays: l
 
 
 def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Event],
-          early: Optional[threading.Event] = None) -> Optional[str]:
+          early: threading.Event) -> Optional[str]:
     """None when the script exits, "timeout" at the hard kill, "interrupted" once `stop` is
-    set, "stopped" once `early` is (a progress callback raised StopRun)."""
+    set, "stopped" once `early` is (a progress callback raised StopRun). Polled every 0.1 s."""
     deadline = time.monotonic() + kill_after
-    polled = stop is not None or early is not None
     while True:
         left = deadline - time.monotonic()
         try:
-            proc.wait(timeout=max(0.0, min(0.1, left)) if polled else left)
+            proc.wait(timeout=max(0.0, min(0.1, left)))
             return None
         except subprocess.TimeoutExpired:
             pass
@@ -379,7 +377,7 @@ def _wait(proc: subprocess.Popen, kill_after: float, stop: Optional[threading.Ev
             return "timeout"
         if stop is not None and stop.is_set():
             return "interrupted"
-        if early is not None and early.is_set():
+        if early.is_set():
             return "stopped"
 
 

@@ -70,7 +70,7 @@ class ScriptRunner:
         data, hidden = [], []
         if self.ctx is not None:
             data = [self.ctx.data_dir, self.ctx.tokenizer_dir]
-            hidden = [p for p in [spec_val_shard(self.ctx)] if p]  # the judge holds the validation rows: the run never sees them
+            hidden = self.ctx.shards()[-1:]  # the judge holds the validation rows: the run never sees them
         # Bound read-only on top of the writable workspace: the run cannot touch the journal or git.
         journal = [self.folder / name for name in (".git", ".autoresearch", "results.tsv")]
         return Mounts(writable=[self.folder], readonly=[*python_paths(), *data, *journal], hidden=hidden,
@@ -122,11 +122,3 @@ def choose_sandbox(found=None):
         raise ArError(f"cannot sandbox the training runs: {sandbox.reason}; or run without a sandbox: --no-sandbox")
     return sandbox
 
-
-def spec_val_shard(ctx) -> Optional[Path]:
-    """The validation shard of a prepared cache: the last shard, as data.loader.data_spec says."""
-    from autoresearch.data.cache import list_shards
-    from autoresearch.data.digests import prepared_shards
-
-    shards = prepared_shards(ctx.data_dir) or list_shards(ctx.source, ctx.cache)
-    return shards[-1] if shards else None
