@@ -17,7 +17,11 @@ applied to the current best script (ctx.editable_text), as a chain would:
              dimension (a shape error in the first forward pass)
 
 Engines: strict = keep_rule "strict", early_stop False (upstream); new = keep_rule "test",
-early_stop True; the same OMP_NUM_THREADS for both, strict first. From the journals
+early_stop True; plateau = new with the plateau modes (loop/plateau.py, docs/search.md)
+after --plateau experiments without a keep (default 8, as `ar loop`; 0: not run). The same
+OMP_NUM_THREADS for all, in that order. The plateau engine plays the same pool in the same
+order (its branch mode applies the next edit to an earlier kept commit) plus what its
+combine and ablate modes build, and ends when the pool is played out. From the journals
 (runs.jsonl): experiments per hour (whole loop, baseline included); false keeps (identical
 edits kept); missed gains (helpful edits not kept); time saved on harmful edits, as 1 - their
 seconds in new / in strict (the issue's measure; the phases may differ in load) and within
@@ -73,6 +77,7 @@ from typing import Callable, Optional
 
 SEEDS = (101, 102, 103)  # the final re-measure (the loop itself uses the script's seed, then 1, 2, 3, ...)
 TARGET_RATIO, TARGET_SAVED = 1.5, 0.30
+PLATEAU = 8  # the plateau engine's --plateau, as `ar loop`'s default
 WARMUP_ALLOWANCE = 60.0  # seconds of training beyond the budget the harness accepts (config key)
 
 # -- the pool: edits as transformations of the current script's text -------------------------
@@ -156,8 +161,13 @@ def label(i: int, edit: Edit) -> str:
     return f"e{i + 1:02d} {edit.name}"  # the commit message; the journal names the edit by it
 
 
+class PoolDone(Exception):
+    """Asked for an edit after the whole pool was played: the plateau engine ends here."""
+
+
 class Scripted:
-    """The proposer seam (proposers/base.py) playing the pool in order on the current best."""
+    """The proposer seam (proposers/base.py) playing the pool in order on the text it is
+    given: the current best, or in the plateau engine's branch mode an earlier kept commit."""
 
     name = "scripted"
 
@@ -168,9 +178,23 @@ class Scripted:
         from autoresearch.proposers.base import NoProposal, Proposal
 
         if self.next >= len(self.pool):
+            if self.done is not None:
+                raise self.done  # an ArError: the loop stops at once, the journal complete
             raise NoProposal("the pool is played out")
         i, self.next = self.next, self.next + 1
         return Proposal(self.pool[i].apply(ctx.editable_text), label(i, self.pool[i]))
+
+    done = None  # set by run_engine: ArError("the pool is played out")
+
+
+def kind_of(message: str, kinds: dict[str, str]) -> str:
+    """The kind of an experiment by its message: a pool edit's, or the plateau mode that built it."""
+    for mode in ("combine", "ablate"):
+        if message.startswith(mode + " #"):
+            return mode
+    if message.startswith("branch from #"):
+        return kinds.get(message.split(": ", 1)[-1], "branch")
+    return kinds.get(message, "?")
 
 
 # -- one engine: a workspace, the real loop, then its journal --------------------------------
@@ -192,7 +216,8 @@ class Engine:
     best_value: Optional[float] = None  # as the loop recorded it (a mean of runs under `test`)
 
 
-def run_engine(root: Path, name: str, rule: str, early: bool, pool: list[Edit], budget: float) -> Engine:
+def run_engine(root: Path, name: str, rule: str, early: bool, pool: list[Edit], budget: float,
+               plateau: int = 0) -> Engine:
     from autoresearch.journal.files import read_run_records
     from autoresearch.session import open_loop
     from autoresearch.data.context import CONFIG_RELPATH
@@ -206,8 +231,14 @@ def run_engine(root: Path, name: str, rule: str, early: bool, pool: list[Edit], 
     write_config(eng.folder, dataclasses.replace(load_config(eng.folder), warmup_allowance=WARMUP_ALLOWANCE))
     Workspace.open(eng.folder).commit([str(CONFIG_RELPATH)], "benchmark: warm-up allowance")
     # As `ar loop --keep-rule R --[no-]early-stop -n N` builds it; only the proposer is swapped.
-    eng.session = open_loop(eng.folder, proposer="offline", keep_rule=rule, early_stop=early, max_experiments=len(pool))
+    # No count limit: an engine stops when the proposer is asked for an edit after the last
+    # one (the plateau engine runs what its modes build besides; an edit that repeats an
+    # earlier experiment's program, e.g. a comment, is refused and never runs).
+    from autoresearch.errors import ArError
+
+    eng.session = open_loop(eng.folder, proposer="offline", keep_rule=rule, early_stop=early, plateau=plateau)
     eng.session.proposer = Scripted(pool)
+    eng.session.proposer.done = ArError("the pool is played out")
 
     def show(e) -> None:
         if e.kind == "finished":
@@ -217,7 +248,20 @@ def run_engine(root: Path, name: str, rule: str, early: bool, pool: list[Edit], 
             print(f"  [{name}]    {e.note[:110]}", flush=True)
 
     load0, t0 = os.getloadavg()[0], time.monotonic()
-    report = eng.session.run(on_event=show)
+    from autoresearch.experiment.lab import LoopReport
+
+    try:
+        report = eng.session.run(on_event=show)
+    except ArError as e:
+        if e is not eng.session.proposer.done:
+            raise
+        # stopped between experiments: the best as the journal defines it
+        from autoresearch.journal.queries import best_entry, budget_key, history
+
+        s = eng.session.settings
+        entries = history(eng.folder, budget=s.full_budget, backend=s.backend)
+        best = best_entry(entries, (budget_key(s.budget), s.backend), eng.session.workspace.ancestry())
+        report = LoopReport(best_commit=best.row.commit if best else None, best=best.row.val_bpb if best else None)
     if report.interrupted:  # Ctrl-C or SIGTERM: the loop stopped cleanly; so does the benchmark
         raise KeyboardInterrupt
     eng.wall, eng.load = time.monotonic() - t0, (load0, os.getloadavg()[0])
@@ -245,15 +289,15 @@ def classify(eng: Engine, kinds: dict[str, str]) -> dict:
     """Every decision of the engine's journal by the kind of its edit."""
     out = {"experiments": len(eng.finished), "runs": len(eng.runs), "wall_s": round(eng.wall, 1),
            "per_hour": len(eng.finished) / eng.wall * 3600, "load_avg": [round(x, 2) for x in eng.load]}
-    out["kept"] = dict(collections.Counter(kinds[f["message"]] for f in eng.finished if f["status"] == "keep"))
+    out["kept"] = dict(collections.Counter(kind_of(f["message"], kinds) for f in eng.finished if f["status"] == "keep"))
     out["false_keeps"] = out["kept"].get("identical", 0)
-    out["missed_gains"] = sum(1 for f in eng.finished if kinds[f["message"]] == "helpful" and f["status"] != "keep")
+    out["missed_gains"] = sum(1 for f in eng.finished if kind_of(f["message"], kinds) == "helpful" and f["status"] != "keep")
     out["crashes"] = sum(1 for f in eng.finished if f["status"] == "crash")
     out["rejected"] = sum(1 for r in eng.runs if r.get("status") == "rejected")  # e.g. over budget (trust.py)
     out["not_credited"] = sum(1 for f in eng.finished if str(f.get("decision", "")).startswith("not credited"))
     message = {f["id"]: f["message"] for f in eng.finished}
     stopped = [r for r in eng.runs if r.get("status") == "stopped"]
-    out["stopped"] = {k: sum(1 for r in stopped if kinds.get(message.get(r["id"], ""), "") == k)
+    out["stopped"] = {k: sum(1 for r in stopped if kind_of(message.get(r["id"], ""), kinds) == k)
                       for k in ("helpful", "harmful", "identical")}
     out["runs_by_kind"] = dict(collections.Counter(r["kind"] for r in eng.runs))
     loads = [r["machine"] for r in eng.runs if isinstance(r.get("machine"), (int, float))]
@@ -264,8 +308,11 @@ def classify(eng: Engine, kinds: dict[str, str]) -> dict:
     noise = run_noise(eng.records, (budget_key(eng.session.settings.budget), eng.session.settings.backend))
     out["noise"] = f"{noise.sigma:.4f} ({noise.dof} dof)" if noise else "-"
     out["missed"] = [f"{f['message']}: {f['decision']}" for f in eng.finished
-                     if kinds[f["message"]] == "helpful" and f["status"] != "keep"]
-    out["harmful_s"] = {f["message"].split(" ", 1)[1]: f["seconds"] for f in eng.finished if kinds[f["message"]] == "harmful"}
+                     if kind_of(f["message"], kinds) == "helpful" and f["status"] != "keep"]
+    out["harmful_s"] = {f["message"].split(": ", 1)[-1].split(" ", 1)[1]: f["seconds"] for f in eng.finished
+                        if kind_of(f["message"], kinds) == "harmful"}
+    out["modes"] = [f"{f['message'][:70]}: {f['status']} {f.get('val_bpb') or 0:.4f} ({len(f.get('values') or [])} runs)"
+                    for f in eng.finished if f.get("mode")]
     return out
 
 
@@ -344,13 +391,13 @@ def show(pool: list[Edit], engines: list[Engine], stats: dict, checks: list[dict
             stop = rec is not None and any(r["status"] == "stopped" for r in eng.runs if r["id"] == rec["id"])
             cells.append("-" if rec is None else f"{rec['status']:7} {rec.get('val_bpb') or 0:.4f} "
                          f"{len(rec.get('values') or [])}{'S' if stop else ' '}")
-        print(f"  {label(i, e):34} {e.kind:9} | {cells[0]:17} | {cells[1]:17}")
+        print(f"  {label(i, e):34} {e.kind:9} | " + " | ".join(f"{c:17}" for c in cells))
     s, n = stats["strict"], stats["new"]
     pct = lambda x: "n/a" if x is None else f"{x:.0%}"  # noqa: E731
-    print(f"\n{'':40} {'strict':>13} {'new':>13}")
+    print(f"\n{'':40} " + " ".join(f"{e.name:>13}" for e in engines))
 
     def line(name: str, key: Callable[[dict], object]) -> None:
-        print(f"{name:40} {key(s)!s:>13} {key(n)!s:>13}")
+        print(f"{name:40} " + " ".join(f"{key(stats[e.name])!s:>13}" for e in engines))
     k3 = ("helpful", "harmful", "identical")
     line("loop wall (min)", lambda x: f"{x['wall_s'] / 60:.1f}")
     line("experiments / runs", lambda x: f"{x['experiments']} / {x['runs']}")
@@ -364,7 +411,7 @@ def show(pool: list[Edit], engines: list[Engine], stats: dict, checks: list[dict
     line("stopped early: helpful/harmful/identical", lambda x: "/".join(str(x["stopped"][k]) for k in k3))
     line("not credited (the load changed)", lambda x: x["not_credited"])
     line("pooled run-to-run noise sd at the end", lambda x: x["noise"])
-    line("harmful edits' seconds", lambda x: f"{f['harmful_s'][x is n]:.0f}")
+    line("harmful edits' seconds", lambda x: f"{sum(x['harmful_s'].values()):.0f}")
     line("mean foreign load during the runs", lambda x: x["foreign_load"])
     line("load average start -> end", lambda x: "->".join(map(str, x["load_avg"])))
     line("baseline (re-measured, 3 seeds)", lambda x: f"{f['baseline_mean']:.6f}")
@@ -375,6 +422,9 @@ def show(pool: list[Edit], engines: list[Engine], stats: dict, checks: list[dict
     for eng in engines:
         for m in stats[eng.name]["missed"]:
             print(f"  {eng.name} missed {m}")
+    for eng in engines:
+        for m in stats[eng.name]["modes"]:
+            print(f"  {eng.name} mode: {m}")
     if checks:
         print(f"  stopped runs: {pct(f['saved_stopped'])} of their time to the end saved")
     for c in checks:
@@ -392,6 +442,13 @@ def show(pool: list[Edit], engines: list[Engine], stats: dict, checks: list[dict
               f"{met(f[key] is not None and f[key] >= TARGET_SAVED)}")
     print(f"  stopped runs that would keep      {f['would_keep']}  (0; {len(checks)} re-run to the end, "
           f"{f['promising']} of them promising)  {met(f['would_keep'] == 0)}")
+    if "plateau" in stats:
+        p = stats["plateau"]
+        kept = [m for m in p["modes"] if ": keep " in m]
+        print(f"\nplateau modes (--plateau {PLATEAU}): {len(p['modes'])} experiments built or branched, {len(kept)} kept; "
+              f"improvement per hour {p['improvement_per_hour']:+.4f} ({p['improvement_per_hour'] / s['improvement_per_hour']:.2f}x "
+              f"strict, {p['improvement_per_hour'] / n['improvement_per_hour']:.2f}x new)" if s["improvement_per_hour"] > 0
+              and n["improvement_per_hour"] > 0 else f"\nplateau modes: {len(p['modes'])} experiments, {len(kept)} kept")
 
 
 def main() -> int:
@@ -400,6 +457,9 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=None, help="training seconds per run (default 8; 5 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every run (default 1: see the doc)")
     ap.add_argument("--order-seed", type=int, default=0, help="the shuffle of the pool (default 0)")
+    ap.add_argument("--plateau", type=int, default=PLATEAU,
+                    help=f"a third engine: `new` with the plateau modes after N experiments without a keep "
+                         f"(default {PLATEAU}, as ar loop; 0: no third engine)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON too (for the README)")
     ap.add_argument("--dir", type=Path, help="keep the two workspaces here (default: a temporary folder, removed)")
     args = ap.parse_args()
@@ -426,6 +486,8 @@ def main() -> int:
             prepare_data(get_profile("tiny").source, get_profile("tiny"))
             engines = [run_engine(root, "strict", "strict", False, pool, budget),
                        run_engine(root, "new", "test", True, pool, budget)]
+            if args.plateau:
+                engines.append(run_engine(root, "plateau", "test", True, pool, budget, plateau=args.plateau))
             stats = {e.name: classify(e, kinds) for e in engines}
             checks = verify_stopped(engines[1])
             finals = remeasure(engines)

@@ -264,7 +264,8 @@ def attacked(prepared, tmp_path_factory):
         mp.setattr("autoresearch.proposers.get_proposer", lambda *a, **k: proposer)
         start = time.monotonic()
         res = runner.invoke(app, ["loop", "--dir", str(folder), "--max-experiments", str(len(ATTACKS)),
-                                  "--keep-rule", "strict", "--proposer", "scripted"], env=env)
+                                  "--keep-rule", "strict", "--plateau", "0",  # each attack runs as written
+                                  "--proposer", "scripted"], env=env)
         seconds = time.monotonic() - start
     return Outcome(folder, env, before, proposer, res.output, res.exit_code, seconds)
 

@@ -97,12 +97,12 @@ def best_commit(folder: Path) -> str:
 def test_loop_with_the_offline_proposer_end_to_end(ws, cli):
     res = cli("loop", "--dir", ws, "--max-experiments", 3, "--budget", 2, "--keep-rule", "noise")
     assert res.exit_code == 0, res.output
-    assert "no ANTHROPIC_API_KEY set" in res.output and "proposer:  offline" in res.output
+    assert "no ANTHROPIC_API_KEY set" in res.output and "proposer:  optuna" in res.output
 
     rows = read_results(ws / "results.tsv")
     assert len(rows) == 4  # the baseline + 3 experiments; the noise-floor runs are not rows
     assert rows[0].description == "baseline (budget 2 s)" and rows[0].val_bpb == pytest.approx(1.743147)
-    assert all(r.description.startswith("offline: ") and r.description.endswith(" (budget 2 s)") for r in rows[1:])
+    assert all(r.description.startswith("optuna: ") and r.description.endswith(" (budget 2 s)") for r in rows[1:])
     assert len({r.description for r in rows}) == 4  # never the same experiment twice
     assert git(ws, "status", "--porcelain") == ""
     head = git(ws, "rev-parse", "--short=7", "HEAD")

@@ -2,8 +2,9 @@
 
 A real subprocess runs a small model through the real evaluate_bpb with the judge's
 socket; the number equals the in-process one. Clients that misreport losses, peek at
-later tokens (memoryless, replaying what they saw, peeking only on rows they recognise),
-evaluate twice, or send garbage are rejected cleanly and never hang the judge."""
+later tokens (memoryless, replaying what they saw, peeking only on rows they recognise or
+only on a chain's third row), evaluate twice, or send garbage are rejected cleanly and never
+hang the judge. The probe chains' layout is checked on its own."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ torch = pytest.importorskip("torch")
 from autoresearch.data import torch_io  # noqa: E402
 from autoresearch.data.loader import data_spec, validation_rows  # noqa: E402
 from autoresearch.errors import ArError  # noqa: E402
-from autoresearch.judge import Judge, client, protocol  # noqa: E402
-from autoresearch.judge.referee import ALPHA, causality_test  # noqa: E402
+from autoresearch.judge import Judge, client, probes, protocol  # noqa: E402
+from autoresearch.judge.probes import ALPHA, causality_test, plan  # noqa: E402
 
 MODEL_SRC = '''
 import math
@@ -223,36 +224,32 @@ class Peeks(Honest):
 
 
 class Replays(Peeks):
-    """Stateful: remembers every row; where a row shares a prefix with one seen before it
-    replays the old logits there (so the probe comparison passes) and peeks elsewhere.
-    only_recognised: honest on rows it has not seen a prefix of (peeks only after a prefix)."""
+    """Stateful: remembers every row; where a row shares a prefix with rows seen before it
+    replays the old logits there (so the probe comparison passes) and peeks after it.
+    sightings: peek only on the rows that are one of these sightings of their family (1 + the
+    earlier rows sharing their first 4 tokens), honest on the others; None: on every row."""
 
-    def __init__(self, module, vocab, only_recognised=False):
+    def __init__(self, module, vocab, sightings=None):
         super().__init__(module, vocab)
         self.seen: list[tuple[np.ndarray, torch.Tensor]] = []
-        self.only_recognised = only_recognised
+        self.sightings = sightings
 
     def forward(self, x, vocab):
         honest, peeked = Honest.forward(self, x, vocab), super().forward(x, vocab)
         out = []
         for i in range(len(x)):
-            best, old = 0, None
+            best, old, sighting = 0, None, 1
             for xs, ls in self.seen:
                 lcp = int(np.argmin(np.append(xs == x[i], False)))
+                sighting += lcp >= 4
                 if lcp > best:
                     best, old = lcp, ls
-            row = (honest[i] if self.only_recognised and best < 4 else peeked[i]).clone()
+            row = (peeked[i] if self.sightings is None or sighting in self.sightings else honest[i]).clone()
             if old is not None:
                 row[:best] = old[:best]
             out.append(row)
             self.seen.append((x[i].copy(), row))
         return torch.stack(out)
-
-
-def test_honest_model_passes_in_thread(data, model_module, tiny_data_ctx):
-    res, err = judged(data, Honest(model_module, tiny_data_ctx.VOCAB_SIZE))
-    assert err is None and res.status == "ok", res.reason
-    assert res.details["causality"]["p_rank"] > ALPHA
 
 
 def test_under_reporting_is_caught(data, model_module, tiny_data_ctx):
@@ -270,16 +267,138 @@ def test_replaying_peeker_is_caught(data, model_module, tiny_data_ctx):
     assert res.category == "non-causal" and "spliced" in res.reason, res.reason
 
 
-def test_peeker_on_recognised_rows_only_is_caught(data, model_module, tiny_data_ctx):
-    # Caught only in the families where W comes before O (about half of them), by the rank
-    # test: it needs families. 48 here (96 synthetic rows); with the 24 of the test data
-    # it is caught about 2 times in 3, with 32 families it ranked first 7-15 times (6 suffice).
+# Stateful peekers at the default probe count (48 variants on average, as on the tiny profile),
+# on the test data. Every evaluation draws new chains, so the tests repeat it; with
+# AR_JUDGE_REPEAT=N each runs N evaluations and prints the rate (the rates quoted here and in
+# docs/judge.md: AR_JUDGE_REPEAT=400 pytest -q -s tests/test_judge.py -k "never or sightings").
+REPEAT = int(os.environ.get("AR_JUDGE_REPEAT", "0"))
+
+
+def evaluations(data, make, runs: int, label: str) -> list:
+    """`runs` evaluations of a fresh make(); each passes or is rejected by the causality probe."""
+    results = []
+    for _ in range(runs):
+        res, _ = judged(data, make())
+        assert res.status == "ok" or res.category == "non-causal", res.reason
+        results.append(res)
+    if REPEAT:
+        c = [r.details["causality"] for r in results if "causality" in r.details]
+        print(f"\n{label}: rejected {sum(r.status == 'rejected' for r in results)} of {runs}; spliced token ranked "
+              f"first {np.mean([x['first'] for x in c]):.1f} times in {np.mean([x['probes'] for x in c]):.1f} variants")
+    return results
+
+
+def test_honest_model_is_never_rejected(data, model_module, tiny_data_ctx):
+    # A false alarm has probability <= ALPHA = 1e-6 per evaluation, whatever the model.
+    for res in evaluations(data, lambda: Honest(model_module, tiny_data_ctx.VOCAB_SIZE), REPEAT or 5, "honest"):
+        assert res.status == "ok" and res.details["causality"]["p_rank"] > ALPHA, res.reason
+
+
+def test_peeker_on_later_sightings_is_caught(data, model_module, tiny_data_ctx):
+    # Honest on first sightings, it peeks after the prefix it has seen on every later one. A later
+    # sighting is the original or a variant with even odds, so about half its peeks are caught.
+    # Rejected in 400 of 400 evaluations (see REPEAT): three misses in a row, under 1e-6.
+    results = evaluations(data, lambda: Replays(model_module, tiny_data_ctx.VOCAB_SIZE, sightings=range(2, 99)),
+                          REPEAT or 3, "peeks on later sightings")
+    assert any(r.category == "non-causal" and "spliced" in r.reason for r in results)
+
+
+def test_peeker_on_third_sightings_only_is_caught(data, model_module, tiny_data_ctx):
+    # The gap of the fixed families (a variant, then the original and a second variant in random
+    # order): their third row was the last, and a script peeking there alone was never caught.
+    # In a chain the third sighting is a variant half the time. It peeks less, so it is rejected
+    # in only 149 of 400 evaluations (see REPEAT): 30 misses in a row, about 1e-6.
+    results = evaluations(data, lambda: Replays(model_module, tiny_data_ctx.VOCAB_SIZE, sightings={3}),
+                          REPEAT or 30, "peeks on third sightings")
+    assert any(r.category == "non-causal" and "spliced" in r.reason for r in results)
+
+
+def test_probe_chains_are_laid_out_in_order(data):
+    # Each chain's members in increasing batches and cuts, sharing the row up to the cut, its
+    # original last; no row first seen in the last batch, which holds originals that gain nothing
+    # (last cut at T-2); every batch full but the last.
+    rows = data[0]
+    t = rows.shape[1] - 1
     rng = np.random.default_rng(0)
-    rows = rng.integers(1, 508, (96, 65)).astype(np.int32)
-    rows[:, 0] = 508
-    res, err = judged((rows, data[1]), Replays(model_module, tiny_data_ctx.VOCAB_SIZE, only_recognised=True),
-                      min_probes=96)
-    assert res.category == "non-causal" and "spliced" in res.reason, (res.reason, res.details)
+    for _ in range(50):
+        b, batches = plan(rows, 8, rng)
+        assert all(len(bt) == b for bt in batches[:-1]) and 0 < len(batches[-1]) <= b
+        chains: dict = {}
+        for j, bt in enumerate(batches):
+            for s in bt:
+                chain = chains.setdefault(s.row, [])
+                assert all(i < j for i, _ in chain) and (not chain or chain[-1][1] >= 0)  # nothing after the original
+                if s.variant:
+                    assert s.family == s.row and all(c < s.cut for _, c in chain) and s.cut <= t - 2
+                    assert np.array_equal(s.tokens[: s.cut + 1], rows[s.row, : s.cut + 1]) and len(s.alts) == 255
+                elif chain:
+                    assert s.cuts == tuple(c for _, c in chain)
+                if j == len(batches) - 1:
+                    assert chain and not s.variant and s.cuts[-1] == t - 2
+                chain.append((j, s.cut))
+        assert sorted(chains) == list(range(len(rows))) and all(ch[-1][1] == -1 for ch in chains.values())
+
+
+def test_a_later_sighting_is_the_original_half_the_time(data):
+    # Whatever the batch and the sighting's number, outside the last batch (and but for chains
+    # whose last cut is T-2, where the original gains nothing). Cells are checked at 5 standard
+    # deviations: a false failure needs one of about 50 cells past that, probability < 1e-4.
+    n, seq = data[0].shape[0], data[0].shape[1] - 1
+    b, fam = probes.sizes(n, 8)
+    rng = np.random.default_rng(0)
+    cells: dict = {}
+    for _ in range(3000):
+        while (laid := probes.layout(n, fam, b, seq, rng)) is None:
+            pass
+        batches, cuts = laid
+        seen: dict = {}
+        for j, bt in enumerate(batches[:-1]):
+            for r, member in bt:
+                k = seen[r] = seen.get(r, 0) + 1
+                if k > 1 and cuts[r][k - 2] < seq - 2:
+                    cells.setdefault((k, j), [0, 0])[member >= 0] += 1
+    if REPEAT:
+        for n_rows, length, batch_size, draws in ((32, 64, 8, 3000), (128, 256, 16, 3000), (10240, 2048, 32, 20)):
+            layout_figures(n_rows, length, batch_size, draws)
+    checked = 0
+    for (sighting, batch), (originals, variants) in cells.items():
+        total = originals + variants
+        if total >= 400:
+            checked += 1
+            assert abs(originals / total - 0.5) <= 5 * 0.5 / math.sqrt(total), (sighting, batch, originals, variants)
+    assert checked >= 10
+
+
+def layout_figures(n: int, seq: int, batch_size: int, draws: int) -> None:
+    """Print what the layouts of n rows of seq tokens give a script that peeks, after the longest
+    prefix it has seen, on some sightings of each chain: the variants it peeks at (each a near-sure
+    first rank) and the share of the counted positions it gains (originals after their last cut)."""
+    b, fam = probes.sizes(n, batch_size)
+    rng = np.random.default_rng(0)
+    scripts = {"2nd and later": lambda k: k >= 2, "3rd only": lambda k: k == 3, "4th only": lambda k: k == 4}
+    peeked = {name: [] for name in scripts}
+    gained = {name: [] for name in scripts}
+    m, redrawn = [], 0
+    for _ in range(draws):
+        while (laid := probes.layout(n, fam, b, seq, rng)) is None:
+            redrawn += 1
+        batches, cuts = laid
+        m.append(sum(map(len, cuts.values())))
+        for name, peeks in scripts.items():
+            seen: dict = {}
+            hits = gain = 0
+            for bt in batches:
+                for r, member in bt:
+                    k = seen[r] = seen.get(r, 0) + 1
+                    if k > 1 and peeks(k):
+                        hits += member >= 0
+                        gain += 0 if member >= 0 else seq - 2 - cuts[r][-1]
+            peeked[name].append(hits)
+            gained[name].append(gain / (n * seq))
+    print(f"\n{n} rows x {seq}, batch {b}, {fam} chains: {np.mean(m):.0f} variants (sd {np.std(m):.0f}), "
+          f"{redrawn / (redrawn + draws):.2%} of layouts redrawn")
+    for name in scripts:
+        print(f"  peeks on {name}: {np.mean(peeked[name]):.1f} variants, gains {np.mean(gained[name]):.2%} of the positions")
 
 
 def test_causality_test_is_calibrated():

@@ -109,10 +109,14 @@ def test_crash_then_improvement_with_the_real_sdk(ws, server):
     # the log's tail as the script printed it (the source has `RuntimeError("CUDA ...`, not this)
     assert "crashed" in second_user and "RuntimeError: CUDA out of memory" in second_user
     assert "Traceback (most recent call last)" in second_user
-    history = [line.split("\t") for line in second_user.splitlines() if line.count("\t") == 4]
+    history = [line.split("\t") for line in second_user.splitlines() if line.startswith(("#\t", "1\t", "2\t"))]
+    assert history[0][:4] == ["#", "commit", "val_bpb", "status"] and history[0][-1] == "description"
     assert [h[3] for h in history[1:]] == ["keep", "crash"]
-    assert history[2][4] == "Turn on the bigger activation buffers"
-    assert "CRASH = 0" in second_user and "CRASH = 1" not in second_user  # the crash was reverted
+    assert history[2][-1] == "Turn on the bigger activation buffers"
+    # the crash was reverted: the current file has CRASH = 0; its diff shows what it tried
+    current = second_user.split("## Current train.py")[1]
+    assert "CRASH = 0" in current and "CRASH = 1" not in current
+    assert "### #2 crash: Turn on the bigger activation buffers" in second_user and "+CRASH = 1" in second_user
 
     # usage and cost per experiment in runs.jsonl; the loop's total is their sum
     records = read_run_records(ws.path / ".autoresearch" / "runs" / "runs.jsonl")

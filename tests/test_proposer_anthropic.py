@@ -95,7 +95,9 @@ def test_a_good_edit_becomes_a_proposal_with_caching_and_usage(server, waits):
     assert "sk-test" in server.requests[0].headers["authorization"]
     assert first["model"] == DEFAULT_MODEL
     # stable parts cached: the tool and the system prompt (instructions + program.md)
-    assert first["tools"] == [{"type": TOOL_TYPE, "name": "str_replace_based_edit_tool", "cache_control": {"type": "ephemeral"}}]
+    # the notes tool first, then the edit tool whose cache breakpoint covers both
+    assert [t["name"] for t in first["tools"]] == ["research_notes", "str_replace_based_edit_tool"]
+    assert first["tools"][1] == {"type": TOOL_TYPE, "name": "str_replace_based_edit_tool", "cache_control": {"type": "ephemeral"}}
     assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert PROGRAM in first["system"][0]["text"]
     # volatile parts after the breakpoint: the file and the history are in the messages
@@ -241,13 +243,13 @@ def test_errors_that_will_not_fix_themselves_raise_ar_error(server, waits, statu
 
 def test_default_is_anthropic_only_with_a_key(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    assert default_proposer_name() == "offline"
+    assert default_proposer_name() == "optuna"
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-x")
     assert default_proposer_name() == "anthropic"
 
 
 def test_unknown_proposer_lists_the_names():
-    with pytest.raises(ArError, match="anthropic, openai, offline"):
+    with pytest.raises(ArError, match="anthropic, openai, optuna, offline"):
         get_proposer("gpt")
 
 

@@ -1,5 +1,6 @@
 """`ar results` as a user sees it: every row as plain text through a pipe, `--last N`,
-and on a terminal only the rows that fit, with a line saying how to see the rest."""
+and on a terminal only the rows that fit, with a line saying how to see the rest; and its
+cache of the journal: a repeat call parses nothing, a changed journal is never shown stale."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import termios
 import threading
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.journal.files import HEADER
+from autoresearch.journal.files import HEADER, ResultRow, append_result
 from autoresearch.ui.table import results_text, rows_that_fit
 from autoresearch.ui.view import workspace_view
 
@@ -151,7 +153,7 @@ def git(folder: Path, *args: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_a_better_row_off_the_branch_is_not_the_best(tmp_path):
+def test_a_better_row_off_the_branch_is_not_the_best(tmp_path, monkeypatch):
     git(tmp_path, "init", "-q")
     (tmp_path / "train.py").write_text("a\n")
     git(tmp_path, "add", "train.py")
@@ -164,6 +166,14 @@ def test_a_better_row_off_the_branch_is_not_the_best(tmp_path):
     (tmp_path / "results.tsv").write_text(f"{HEADER}\n{on}\t1.500000\t1.0\tkeep\tbaseline\n{off}\t1.400000\t1.0\tkeep\tgone\n")
     summary = json.loads(CliRunner().invoke(app, ["results", "--dir", str(tmp_path), "--json"]).output)["summary"]
     assert summary["best"] == 1.5 and summary["kept"] == 2
+    # the same from a partial view (journal/cache.py: the rows that count and the last one)
+    import autoresearch.journal.cache as cache
+    from autoresearch.ui.table import results_plain
+
+    monkeypatch.setattr(cache, "TAIL", 1)
+    os.utime(tmp_path / "results.tsv")
+    shown = CliRunner().invoke(app, ["results", "--dir", str(tmp_path), "--last", "1"]).output
+    assert shown == "".join(results_plain(workspace_view(tmp_path), 1)) and "best 1.500000" in shown
 
 
 def test_a_repository_without_commits_counts_every_row(tmp_path):
@@ -182,3 +192,204 @@ def test_rows_find_their_records_among_other_events_and_a_torn_line(tmp_path):
         + json.dumps({"event": "finished", "row": 2, "commit": "bbbbbbb", "worker": "w2"}) + "\n")
     entries = workspace_view(tmp_path).entries
     assert [(e.budget, e.backend, e.worker) for e in entries] == [("60", "mps", ""), ("0", "", "w2")]
+
+
+# -- the cache of the joined journal (journal/cache.py) -----------------------------------------
+
+
+def varied_journal(folder: Path, n: int) -> Path:
+    """journal() with what the table shows besides the rows: two backends, workers, LLM
+    usage, sandboxes (one run without), a recovered row."""
+    folder.mkdir()
+    journal(folder, n)
+    (folder / ".autoresearch" / "config.toml").write_text(
+        'tag = "t"\nbackend = "cpu"\nprofile = "tiny"\nsource = "builtin"\nbudget = 300\n')
+    records = []
+    for i in range(1, n + 1):
+        usage = {"input_tokens": 1000 + i, "output_tokens": 10, "cache_read_tokens": 0, "cost_usd": 0.001 * (i % 7)}
+        records.append({"event": "recovered" if i == 5 else "finished", "row": i, "commit": f"{i:07x}", "budget": 300,
+                        "backend": "mps" if i % 10 == 3 else "cpu", "worker": f"w{i % 2}", "usage": usage,
+                        "sandbox": "none" if i == 8 else "bwrap" if i > 2 else None})
+    runs = folder / ".autoresearch" / "runs" / "runs.jsonl"
+    runs.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def outputs(folder: Path) -> list[str]:
+    runner = CliRunner()
+    out = []
+    for extra in ([], ["--last", "7"], ["--last", "2"], ["--json"]):
+        res = runner.invoke(app, ["results", "--dir", str(folder), *extra])
+        assert res.exit_code == 0, res.output
+        out.append(res.output)
+    return out
+
+
+def uncached(folder: Path) -> list[str]:
+    """outputs(), rendered from the view every other command reads (no cache)."""
+    from autoresearch.ui.table import results_json, results_plain
+
+    view = workspace_view(folder)
+    return ["".join(results_plain(view, last)) for last in (None, 7, 2)] + [results_json(view) + "\n"]
+
+
+def no_reading(monkeypatch) -> None:
+    """From here on, a call that reads the journal instead of the cache fails."""
+    import autoresearch.journal.cache as cache
+
+    def history(*args, **kwargs):
+        raise AssertionError("the journal was read: the cache did not answer")
+
+    monkeypatch.setattr(cache, "history", history)
+
+
+def written_later(folder: Path) -> None:
+    """The cache as if written a second after the journal: a file system whose clock ticks
+    coarsely would otherwise make every test here a miss (see the next test)."""
+    from autoresearch.journal.cache import cache_dir
+
+    for path in cache_dir().iterdir():
+        later = os.stat(path).st_mtime_ns + 1_000_000_000
+        os.utime(path, ns=(later, later))
+
+
+@pytest.mark.parametrize("tail", [5, 500])
+def test_a_repeat_call_comes_from_the_cache_and_shows_the_same(tmp_path, monkeypatch, tail):
+    import autoresearch.journal.cache as cache
+    from autoresearch.journal.cache import UNREAD, cache_dir
+    from autoresearch.ui.view import results_view
+
+    # tail 5: a partial view, its --last 7 and whole table from every row (the cache's line 3)
+    monkeypatch.setattr(cache, "TAIL", tail)
+    folder = varied_journal(tmp_path / "ws", 60)
+    fresh = outputs(folder)  # a miss: read, joined, cached
+    assert [p.suffix for p in cache_dir().iterdir()] == [".json"]
+    written_later(folder)
+    no_reading(monkeypatch)
+    assert outputs(folder) == fresh == uncached(folder)  # the same as from the view other commands read
+    assert "sandbox" in fresh[0] and "worker" in fresh[0] and "backend" in fresh[0] and "LLM:" in fresh[0]
+    for height in (10, 24, 80):  # on a terminal: the rows that fit, or all (tail 5: from line 3)
+        for last in (None, 3):
+            assert results_text(results_view(folder), last, height=height, width=120) == \
+                results_text(workspace_view(folder), last, height=height, width=120)
+    if tail == 5:
+        assert len(results_view(folder).known) < 60  # partial indeed
+
+    entry = results_view(folder).entries[0]
+    assert entry.record is UNREAD and entry.sandbox is None
+    with pytest.raises(RuntimeError, match="no journal records"):
+        entry.record.get("id")  # a reader of records through the cache is told at once
+
+
+def test_the_cache_never_shows_a_changed_journal(tmp_path):
+    folder = varied_journal(tmp_path / "ws", 30)
+    results = folder / "results.tsv"
+    outputs(folder)
+    written_later(folder)
+    # a row appended
+    append_result(results, ResultRow("abcdef1", 1.25, 3.0, "keep", "appended"))
+    assert outputs(folder) == uncached(folder) and "appended" in outputs(folder)[0]
+    written_later(folder)
+    # a row edited by hand, the file's size kept, and its mtime put back as it was
+    before = os.stat(results)
+    text = results.read_text()
+    assert "\t1.499700\t" in text
+    results.write_text(text.replace("\t1.499700\t", "\t1.388800\t"))
+    os.utime(results, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(results).st_size == before.st_size
+    assert outputs(folder) == uncached(folder) and "1.388800" in outputs(folder)[0]
+    written_later(folder)
+    # a record that changes a row's worker
+    with open(folder / ".autoresearch" / "runs" / "runs.jsonl", "a") as f:
+        f.write(json.dumps({"event": "finished", "row": 30, "commit": f"{30:07x}", "worker": "late-worker"}) + "\n")
+    assert outputs(folder) == uncached(folder) and "late-worker" in outputs(folder)[0]
+    written_later(folder)
+    # the workspace's settings: its budget (the appended row, without a record, ran with it), then none
+    config = folder / ".autoresearch" / "config.toml"
+    config.write_text(config.read_text().replace("budget = 300", "budget = 60"))
+    assert json.loads(outputs(folder)[3])["rows"][-1]["budget"] == 60.0
+    written_later(folder)
+    config.unlink()
+    assert json.loads(outputs(folder)[3])["rows"][-1]["budget"] == 0.0
+    written_later(folder)
+    assert outputs(folder) == uncached(folder)
+
+
+def test_after_a_new_row_the_settings_come_from_the_cache_until_config_toml_changes(tmp_path, monkeypatch):
+    import autoresearch.ui.view as view
+
+    folder = varied_journal(tmp_path / "ws", 10)
+    outputs(folder)
+    written_later(folder)
+    read, calls = view._settings, []
+    monkeypatch.setattr(view, "_settings", lambda folder: calls.append(folder) or read(folder))
+    append_result(folder / "results.tsv", ResultRow("abcdef1", 1.25, 3.0, "keep", "appended"))
+    assert "appended" in outputs(folder)[0] and calls == []  # the journal read again, not the config
+    config = folder / ".autoresearch" / "config.toml"
+    config.write_text(config.read_text().replace('backend = "cpu"', 'backend = "mps"'))
+    assert json.loads(outputs(folder)[3])["summary"]["backend"] == "mps" and calls
+
+
+def test_a_change_in_the_tick_the_cache_was_written_is_not_trusted(tmp_path, monkeypatch):
+    from autoresearch.journal.cache import cache_dir
+
+    folder = varied_journal(tmp_path / "ws", 10)
+    outputs(folder)
+    (cache,) = cache_dir().iterdir()
+    # as on a file system with a coarse clock: results.tsv's last change shares the cache's tick
+    tick = os.stat(folder / "results.tsv").st_ctime_ns
+    os.utime(cache, ns=(tick, tick))
+    no_reading(monkeypatch)
+    with pytest.raises(AssertionError, match="the journal was read"):
+        CliRunner().invoke(app, ["results", "--dir", str(folder)], catch_exceptions=False)
+
+
+def test_a_journal_changed_during_the_read_leaves_no_cache(tmp_path, monkeypatch):
+    import autoresearch.journal.cache as cache
+
+    folder = varied_journal(tmp_path / "ws", 10)
+    read = cache.history
+
+    def history(*args, **kwargs):
+        out = read(*args, **kwargs)
+        append_result(folder / "results.tsv", ResultRow("abcdef1", 1.25, 3.0, "keep", "appended meanwhile"))
+        return out
+
+    monkeypatch.setattr(cache, "history", history)
+    assert "appended meanwhile" not in outputs(folder)[0]
+    assert not list(cache.cache_dir().iterdir())
+    monkeypatch.setattr(cache, "history", read)
+    assert "appended meanwhile" in outputs(folder)[0]
+
+
+def test_the_cache_is_outside_the_workspace_and_a_broken_one_is_rebuilt(tmp_path, monkeypatch):
+    from autoresearch.data.cache import cache_root
+    from autoresearch.journal.cache import cache_dir
+
+    assert cache_dir() == cache_root() / "results"
+    folder = varied_journal(tmp_path / "ws", 10)
+    listing = sorted(p for p in folder.rglob("*"))
+    fresh = outputs(folder)
+    assert sorted(p for p in folder.rglob("*")) == listing  # nothing new for a run's guard to see
+    (cache,) = cache_dir().iterdir()
+    for junk in (b"", b"{", b'{"stamp": 1}', cache.read_bytes()[:-100]):
+        cache.write_bytes(junk)
+        assert outputs(folder) == fresh
+    # the rows past the latest (line 3) damaged, after the stamp was found fresh: read from the journal
+    import autoresearch.journal.cache as module
+
+    monkeypatch.setattr(module, "TAIL", 3)
+    os.utime(folder / "results.tsv")
+    assert outputs(folder) == fresh
+    head = cache.read_bytes().split(b"\n")[:2]
+    cache.write_bytes(b"\n".join(head + [b'{"number": [1, 2], "commit": '[:-3]]))
+    assert outputs(folder) == fresh
+    # the cache of a workspace gone for over a month goes when another is written
+    gone = cache_dir() / "0123456789abcdef.json"
+    gone.write_text("{}")
+    os.utime(gone, (0, 0))
+    os.utime(folder / "results.tsv")
+    assert outputs(folder) == fresh and not gone.exists()
+    # no cache can be written (the cache root is a file): still the same answer
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(folder / "results.tsv"))
+    assert outputs(folder) == fresh

@@ -314,10 +314,10 @@ def results(
     import sys
 
     from autoresearch.ui.table import results_json, results_plain, results_text
-    from autoresearch.ui.view import workspace_view
+    from autoresearch.ui.view import results_view
 
     with user_errors():
-        view = workspace_view(folder)
+        view = results_view(folder)
     if as_json:
         typer.echo(results_json(view))
         return
@@ -401,7 +401,8 @@ def plot(
 def loop(
     folder: Path = typer.Option(Path("."), "--dir", "-d", help="The workspace folder."),
     proposer: Optional[str] = typer.Option(
-        None, "--proposer", help="anthropic, openai or offline (default: anthropic when ANTHROPIC_API_KEY is set, else offline: no LLM)."
+        None, "--proposer", help="anthropic, openai, optuna or offline (default: anthropic when ANTHROPIC_API_KEY is set, else optuna: "
+        "Optuna's TPE over the script's numeric constants, no LLM; offline: a coordinate search over them)."
     ),
     model: Optional[str] = typer.Option(None, "--model", help="The proposer's model (default: the proposer's own)."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="The proposer's API endpoint (a proxy, a local OpenAI-compatible server)."),
@@ -417,6 +418,11 @@ def loop(
         "strict: any lower val_bpb is kept (upstream, no extra runs)."
     ),
     early_stop: bool = EARLY_STOP,
+    plateau: int = typer.Option(
+        8, "--plateau", min=0, help="After this many experiments in a row without a keep, the search takes turns through "
+        "modes until one is kept: combine the two best near-misses, ablate a kept change, branch from an earlier good "
+        "commit, one plain step. 0: the plain chain only. Modes show in results.tsv's descriptions."
+    ),
     no_sandbox: bool = NO_SANDBOX,
     budget: Optional[float] = typer.Option(
         None, "--budget", help="Training seconds per run (a smoke test): rows get '(budget N s)' and are judged only against rows of the same budget."
@@ -459,8 +465,8 @@ def loop(
     with user_errors():
         session = open_loop(
             folder, proposer=proposer, model=model, base_url=base_url, backend=backend, keep_rule=keep_rule,
-            early_stop=early_stop, sandbox=not no_sandbox, budget=budget, kill=kill, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost,
-            workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
+            early_stop=early_stop, plateau=plateau, sandbox=not no_sandbox, budget=budget, kill=kill, max_experiments=max_experiments,
+            max_hours=max_hours, max_cost=max_cost, workers=workers, force_workers=force_workers, executor=executor, ray_address=ray_address,
         )
     print_header(console.real, session, offline_by_default=proposer is None)
     with user_errors(), make_display(console.real) as display:

@@ -58,6 +58,7 @@ def open_loop(
     backend: Optional[str] = None,
     keep_rule: str = "test",  # as the CLI: the one-sided test (experiment/keep.py)
     early_stop: bool = True,
+    plateau: int = 8,  # as the CLI: loop/plateau.py's PLATEAU
     sandbox: bool = True,
     budget: Optional[float] = None,
     kill: Optional[float] = None,
@@ -88,7 +89,7 @@ def open_loop(
     prof = get_profile(cfg.profile)
     settings = LoopSettings(
         editable=cfg.editable, budget=run_budget, full_budget=cfg.budget, backend=cfg.backend, keep_rule=keep_rule,
-        early_stop=early_stop, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, hardware=hardware_line(cfg.backend),
+        early_stop=early_stop, plateau=plateau, max_experiments=max_experiments, max_hours=max_hours, max_cost=max_cost, hardware=hardware_line(cfg.backend),
         profile=f"{prof.name}: MAX_SEQ_LEN={prof.max_seq_len} TIME_BUDGET={run_budget:g} s "
         f"EVAL_TOKENS={prof.eval_tokens} VOCAB_SIZE={prof.vocab_size}, data {cfg.source}",
     )

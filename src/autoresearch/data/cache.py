@@ -11,9 +11,12 @@ Layout under the cache root (AUTORESEARCH_CACHE, default ~/.cache/autoresearch):
         token_bytes.npy                     int32 byte length per token id (no pickle)
         tokenizer.json                      pattern, special tokens, vocab size: marks it ready
         digests.json                        sha256 of the three files above, written last
+    results/<workspace key>.json            `ar results`' cache of a joined journal
+                                            (journal/cache.py; never trusted when stale)
 
 Every file here is data: nothing in the cache is ever unpickled or executed (a training
-script could have rewritten it). Only `ar prepare` writes it; digests.py checks it.
+script could have rewritten it). Only `ar prepare` writes data/ and tokenizers/, and
+digests.py checks them; runs see neither results/ nor anything outside data/ and tokenizers/.
 """
 
 from __future__ import annotations

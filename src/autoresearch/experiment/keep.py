@@ -42,6 +42,7 @@ KEEP_RULES = ("test", "noise", "strict")
 DEFAULT_KEEP_RULE = "test"
 FALSE_KEEP = 0.05  # the stated false-keep rate of the whole sequential decision (one-sided)
 MAX_RUNS = 3  # runs of one candidate at most under `test`
+ABLATION_RUNS = 2  # runs of an ablation before it can be kept (decide_ablation)
 # Each look at the data (after run 1, 2, 3) tests at half the stated rate, so the looks
 # together stay under it: simulated, 3.4% of 6,000 candidates identical in effect to the
 # best were kept (tests/test_keep.py). One-sided 97.5% quantiles of Student's t by degrees
@@ -132,6 +133,27 @@ def decide_test(best: Optional[Sequence[float]], values: Sequence[Optional[float
                                          "running it again")
     return Decision("discard", mean, f"{runs}gain {gain:+.6f} vs {against} is within the noise ({test})",
                     remeasure=best_limits)
+
+
+def decide_ablation(best: Optional[Sequence[float]], values: Sequence[Optional[float]], noise: Optional[Noise]) -> Decision:
+    """An ablation (loop/plateau.py) drops a kept change: simpler code at equal val_bpb is a
+    win. It is kept when ABLATION_RUNS runs average no worse than the best's runs; a first
+    run clearly worse (beyond the `test` rule's bar) is discarded at once."""
+    first = _crash_or_baseline(values, bool(best))
+    if first is not None:
+        return first
+    mean = sum(values) / len(values)
+    best_mean = sum(best) / len(best)
+    loss = round(mean - best_mean, 9)
+    if len(values) < ABLATION_RUNS:
+        if noise is not None and loss > t_look(noise.dof) * noise.sigma * math.sqrt(1 / len(values) + 1 / len(best)):
+            return Decision("discard", mean, f"without it {mean:.6f} vs the best {best_mean:.6f}: the dropped change matters")
+        return Decision("confirm", mean, f"without it {mean:.6f} vs the best {best_mean:.6f}: running it again")
+    runs = f"mean of {len(values)} runs {mean:.6f}"
+    if loss <= 0:
+        return Decision("keep", mean, f"{runs} is no worse than the best {best_mean:.6f}: the dropped change did nothing "
+                                      "measurable, and the code is simpler")
+    return Decision("discard", mean, f"{runs} is worse than the best {best_mean:.6f} by {loss:.6f}: the dropped change helps")
 
 
 def _crash_or_baseline(values: Sequence[Optional[float]], has_best: bool) -> Optional[Decision]:

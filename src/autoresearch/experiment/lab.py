@@ -34,8 +34,9 @@ INTERRUPTED_NOTE = f"({DIED})"
 class LoopEvent:
     """What happened, for a display. `kind` is one of:
 
-    resumed, recovered, proposing, no_proposal, run_started, progress, run_finished,
-    finished, noise_floor, abandoned, stopped.
+    resumed, recovered, proposing, no_proposal, mode (a plateau changed the search mode:
+    loop/plateau.py), run_started, progress, run_finished, finished, noise_floor, abandoned,
+    stopped.
     """
 
     kind: str
@@ -73,6 +74,7 @@ class LoopSettings:
     backoff: float = 10.0  # the first wait in seconds, doubled each further failure
     backoff_max: float = 300.0
     early_stop: bool = True  # stop a first run clearly worse than the best's (experiment/early_stop.py)
+    plateau: int = 0  # experiments without a keep before the search changes mode (loop/plateau.py); 0: never
 
 
 @dataclass

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 from autoresearch.integrity.static_check import check_proposal
-from autoresearch.experiment.keep import MAX_RUNS, Decision, decide, decide_test, same_machine
+from autoresearch.experiment.keep import MAX_RUNS, Decision, decide, decide_ablation, decide_test, same_machine
 from autoresearch.proposers.base import Proposal, Usage
 from autoresearch.journal.files import ResultRow
 from autoresearch.experiment.early_stop import compact, curve_point
@@ -172,6 +172,7 @@ class Plan:
     best_commit: Optional[str] = None  # whose runs the `test` rule compares with
     finished: bool = False
     seeds: list = field(default_factory=list)  # AUTORESEARCH_SEED of each run (None: the script's own)
+    mode: str = ""  # the search mode that proposed it (loop/plateau.py); "ablate" changes the keep rule
 
 
 def run_experiment(
@@ -207,7 +208,9 @@ def run_experiment(
         experiment=number, message=message, description=lab.describe(message), proposer=s.proposer if proposal else None,
         usage=usage.as_dict(), rows_before=rows_before, budget=s.budget, backend=s.backend, keep_rule=s.keep_rule,
         worktree=checkout.in_worktree,  # recovery: a worktree's commit was never on the branch unless kept
-    ))
+        **({"mode": proposal.mode} if proposal is not None and proposal.mode else {}),
+        **({"base": proposal.base} if proposal is not None and proposal.base else {}),
+    ), mode=proposal.mode if proposal is not None else "")
     commit: Optional[str] = None
     try:
         refused = None
@@ -317,6 +320,8 @@ def _decide(lab: Lab, plan: Plan, best: Optional[float], values: list, results: 
         how = "less" if gap < 0 else "more"
         return Decision("discard", mean, f"not credited: other work used {abs(gap):.0%} {how} of the machine than during "
                         f"the best's runs (run/probe.py); the best is re-run under this load first", remeasure=True)
+    if plan.mode == "ablate":  # equal val_bpb with less code is a win (loop/plateau.py)
+        return decide_ablation(best_runs or None, values, lab.noise())
     decision = decide_test(best_runs or None, values, lab.noise())
     if decision.remeasure:
         lab.remeasure = True

@@ -14,7 +14,7 @@ hang the judge.
 
 Messages, in order (judge = J, run = R):
     R: hello     {"version", "batch_size"}                          no payload
-    J: config    {"seq_len", "vocab", "batch_size", "batches"}      no payload
+    J: config    {"seq_len", "vocab", "batch_size"}                 no payload
     per batch:
     J: batch     {"index", "rows"}                                  int32 (rows, seq_len) inputs
     R: commit    {"index", "low_precision"}                         float32 (rows, seq_len-1) nats,

@@ -4,8 +4,7 @@ It holds the validation rows and the token byte lengths; the run never sees them
 sends input batches over a socketpair, takes per-position losses (nats) committed by
 the run, checks them against full logit rows it asks for afterwards at secret random
 positions, computes the last position's loss and val_bpb itself, and probes causality
-with spliced copies of rows (a family per probed row: a variant before the original,
-another variant before or after it; see plan()).
+with spliced copies of rows (a chain of variants before each probed original; probes.py).
 
     judge = Judge.for_context(ctx)                       # or Judge(rows, token_bytes)
     proc = subprocess.Popen(cmd, pass_fds=judge.pass_fds, env={**env, **judge.env()})
@@ -26,13 +25,11 @@ from typing import Optional
 import numpy as np
 
 from . import protocol as P
+from .probes import ALTERNATIVES, MIN_PROBES, Slot, causality_test, plan
 from .session import FD_ENV
 
-MIN_PROBES, PROBE_DIVISOR = 48, 8  # variant rows: max(48, n/8), at most 2n
 ROW_FLOATS = 1 << 19  # logit floats asked per batch for spot checks (>= MIN_SPOT rows)
 MIN_SPOT = 64
-ALTERNATIVES = 255  # tokens the spliced token is ranked against
-ALPHA = 1e-6  # false-rejection bound of the statistical causality test (two tests, ALPHA/2 each)
 RTOL_FP32, RTOL_LOW = 1e-4, 1e-2  # causality comparisons, as data/causality.py
 NATS_ATOL, NATS_RTOL = 1e-3, 1e-4  # committed nats vs the judge's own from the same row
 REPLY_TIMEOUT = 300.0  # seconds the run may take per reply (forward pass of one batch)
@@ -58,81 +55,6 @@ class Rejected(Exception):
         self.category, self.reason = category, reason
 
 
-@dataclass
-class _Slot:
-    row: int  # the validation row it comes from
-    tokens: np.ndarray  # (T+1,) what is sent: tokens[:T]; tokens[1:] are its targets
-    family: int = -1
-    cut: int = -1  # variants: tokens[:cut+1] are the original's, the rest come from another row
-    alts: Optional[np.ndarray] = None  # variants: the other candidate tokens at cut+1
-    cuts: tuple[int, ...] = ()  # a probed original: its variants' cuts
-
-    @property
-    def variant(self) -> bool:
-        return self.cut >= 0
-
-
-def plan(rows: np.ndarray, batch_size: int, rng: np.random.Generator,
-         min_probes: int = MIN_PROBES) -> tuple[int, list[list[_Slot]]]:
-    """(batch size used, batches of slots). Every row once, in random order; for
-    F = max(48, n/8)/2 probed rows a family: a variant V first, then the original O and a
-    variant W (cut after V's) in random order, in three distinct batches. The last batch
-    holds only O and W rows: a row seen there for the first time would be sure to be an
-    original (no original can follow it), so none is. See docs/judge.md."""
-    n, t1 = rows.shape
-    seq = t1 - 1
-    fam = min(n, (min(2 * n, max(min_probes, n // PROBE_DIVISOR)) + 1) // 2)
-    total = n + 2 * fam
-    b = max(1, min(batch_size, -(-total // 4), fam))
-    nb = -(-total // b)
-    for _ in range(100):
-        cap = np.full(nb, b)
-        cap[-1] = total - (nb - 1) * b
-        where: list[tuple[int, _Slot]] = []  # (batch, slot)
-        probed = rng.choice(n, fam, replace=False)
-        for f, r in enumerate(probed):
-            last = f < cap[-1]  # the first cap[-1] families put O or W in the last batch
-            free = np.flatnonzero(cap[:-1])
-            if len(free) < (2 if last else 3):
-                break
-            picked = rng.choice(free, 2 if last else 3, replace=False, p=cap[free] / cap[free].sum())
-            i, j, k = np.sort(np.append(picked, nb - 1) if last else picked)
-            cap[[i, j]] -= 1
-            cap[k] -= 0 if last else 1
-            cv = int(rng.integers(0, seq - 1)) if seq > 1 else 0
-            cw = int(rng.integers(cv + 1, seq - 1)) if cv + 1 < seq - 1 else cv
-            o_at, w_at = (j, k) if rng.random() < 0.5 else (k, j)
-            where += [(i, _variant(rows, r, cv, f, rng)), (o_at, _Slot(int(r), rows[r], f, cuts=(cv, cw))),
-                      (w_at, _variant(rows, r, cw, f, rng))]
-        else:
-            cap[-1] = 0 if cap[-1] <= fam else cap[-1]
-            if cap[-1]:
-                continue  # more rows in the last batch than families: cannot happen with b <= fam
-            rest = np.setdiff1d(np.arange(n), probed)
-            rng.shuffle(rest)
-            spots = np.repeat(np.arange(nb), cap)
-            where += [(int(bi), _Slot(int(r), rows[r])) for bi, r in zip(spots, rest)]
-            batches: list[list[_Slot]] = [[] for _ in range(nb)]
-            for bi, s in where:
-                batches[bi].append(s)
-            for batch in batches:
-                rng.shuffle(batch)  # type: ignore[arg-type]
-            return b, batches
-    raise RuntimeError("could not lay out the probe families")
-
-
-def _variant(rows: np.ndarray, r: int, cut: int, family: int, rng: np.random.Generator) -> _Slot:
-    """Row r up to `cut`, then a stretch of the validation text (the rows end to end)
-    from a random place, picked among ALTERNATIVES + 1 random places: under causality the
-    spliced token is exchangeable with the first tokens of the places not picked."""
-    flat = rows.reshape(-1)
-    tail = rows.shape[1] - cut - 1
-    starts = rng.integers(0, len(flat) - tail + 1, ALTERNATIVES + 1)
-    pick = int(rng.integers(0, ALTERNATIVES + 1))
-    tokens = np.concatenate([rows[r, : cut + 1], flat[starts[pick] : starts[pick] + tail]])
-    return _Slot(int(r), tokens, family, cut, np.delete(flat[starts], pick))
-
-
 def log_softmax(rows: np.ndarray) -> np.ndarray:
     x = rows.astype(np.float64)
     m = np.max(x, axis=-1, keepdims=True)
@@ -149,29 +71,6 @@ def _scale(row: np.ndarray) -> float:
 def _close(a: np.ndarray, b: np.ndarray, tol) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return (a == b) | (np.abs(a - b) <= tol)
-
-
-def binomial_tail(x: int, m: int, p: float) -> float:
-    """P(Binomial(m, p) >= x)."""
-    if x <= 0:
-        return 1.0
-    lp, lq = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(m + 1) - math.lgamma(j + 1) - math.lgamma(m - j + 1) + j * lp + (m - j) * lq
-             for j in range(x, min(m, x + 400) + 1)]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
-
-
-def causality_test(u: list[float], tops: int, k: int = ALTERNATIVES) -> dict:
-    """The two exact tests on the spliced tokens' ranks (docs/judge.md): the sum of the
-    uniform ranks (Chernoff bound for sums of uniforms, exp(-6 t^2 / m)) and the count of
-    spliced tokens ranked first (binomial with p = 1/(k+1)). Rejects below ALPHA/2 each."""
-    m = len(u)
-    excess = max(0.0, sum(u) - m / 2)
-    p_sum = math.exp(-6 * excess * excess / m) if m else 1.0
-    p_top = binomial_tail(tops, m, 1 / (k + 1)) if m else 1.0
-    return {"probes": m, "mean_rank": (sum(u) / m) if m else None, "first": tops, "p_rank": p_sum,
-            "p_first": p_top, "ok": p_sum >= ALPHA / 2 and p_top >= ALPHA / 2}
 
 
 class Judge:
@@ -295,14 +194,14 @@ class Judge:
         if hello.get("version") != P.VERSION or not isinstance(bs, int) or isinstance(bs, bool) or bs < 1:
             raise P.ProtocolError(f"hello needs version {P.VERSION} and a positive integer batch_size")
         b, batches = plan(self.rows, bs, self._rng, self.min_probes)
-        P.send(sock, {"type": P.CONFIG, "seq_len": self.seq, "vocab": self.vocab, "batch_size": b,
-                      "batches": len(batches)}, timeout=self.reply_timeout)
+        # Not the number of batches: it depends on how the chains' coins fell (probes.plan).
+        P.send(sock, {"type": P.CONFIG, "seq_len": self.seq, "vocab": self.vocab, "batch_size": b},
+               timeout=self.reply_timeout)
         st = _State()
         for index, slots in enumerate(batches):
             self._batch(sock, index, slots, st)
-        for f, fam in st.families.items():
-            if fam["pending"] or fam["o"] is None:
-                raise RuntimeError(f"probe family {f} was not compared")
+        if st.families:
+            raise RuntimeError(f"probe chains {sorted(st.families)[:5]} were not compared")
         test = causality_test(st.u, st.tops)
         details = {"batches": len(batches), "batch_size": b, "rows": sum(map(len, batches)),
                    "spot_checks": st.checks, "bytes_per_batch": st.wire // len(batches), "causality": test,
@@ -317,7 +216,7 @@ class Judge:
         self._finish("ok", val_bpb, details=details)
         P.send(sock, {"type": P.DONE, "val_bpb": val_bpb}, timeout=self.reply_timeout)
 
-    def _batch(self, sock: socket.socket, index: int, slots: list[_Slot], st: "_State") -> None:
+    def _batch(self, sock: socket.socket, index: int, slots: list[Slot], st: "_State") -> None:
         t, v, k = self.seq, self.vocab, len(slots)
         x = np.stack([s.tokens[:t] for s in slots]).astype(np.int32)
         P.send(sock, {"type": P.BATCH, "index": index, "rows": k}, x, self.reply_timeout)
@@ -372,10 +271,9 @@ class _State:
         self.nats, self.bytes, self.checks, self.wire, self.low = 0.0, 0, 0, 0, False
         self.u: list[float] = []  # the spliced tokens' ranks, uniform on [0, 1] under causality
         self.tops = 0  # how often the spliced token was ranked first
-        self.families: dict[int, dict] = {}
+        self.families: dict[int, list] = {}  # a chain's variants seen, until its original comes (last)
 
-    def probe(self, s: _Slot, nats: np.ndarray, rows: dict, rtol: float, rng: np.random.Generator) -> None:
-        fam = self.families.setdefault(s.family, {"o": None, "v": [], "pending": 2})
+    def probe(self, s: Slot, nats: np.ndarray, rows: dict, rtol: float, rng: np.random.Generator) -> None:
         if s.variant:
             row, scale = rows[s.cut]
             here = row[s.tokens[s.cut + 1]]
@@ -383,14 +281,13 @@ class _State:
             rank = int((others < here).sum()) + int(rng.integers(0, int((others == here).sum()) + 1))
             self.u.append((rank + float(rng.random())) / (len(others) + 1))
             self.tops += rank == len(others)
-            fam["v"].append((s.cut, np.array(nats), row, scale))
-        else:
-            fam["o"] = (np.array(nats), rows)
-        if fam["o"] is not None:
-            for entry in fam["v"]:
-                _compare(entry, fam["o"], rtol)
-                fam["pending"] -= 1
-            fam["v"] = []
+            self.families.setdefault(s.family, []).append((s.cut, np.array(nats), row, scale))
+            return
+        seen = self.families.pop(s.family, [])
+        if sorted(v[0] for v in seen) != sorted(s.cuts):
+            raise RuntimeError(f"probe chain {s.family}: variants {[v[0] for v in seen]}, expected {s.cuts}")
+        for entry in seen:
+            _compare(entry, (nats, rows), rtol)
 
 
 def _compare(variant: tuple, original: tuple, rtol: float) -> None:

@@ -1,10 +1,12 @@
 """The proposers, chosen by name: `anthropic` (Claude), `openai` (any OpenAI-compatible
-server, local ones included) and `offline` (no LLM, for trying the loop).
+server, local ones included), `optuna` (no LLM: Optuna's TPE over the script's numeric
+constants, warm-started from the history) and `offline` (no LLM, no library: a coordinate
+search over the same constants).
 
 Each is imported only when chosen, so the SDKs (the optional `[llm]` extra) are needed
-only by the proposer that uses them.
+only by the proposer that uses them, and `ar --help` imports none of them.
 
-Default (no --proposer): `anthropic` when ANTHROPIC_API_KEY is set, else `offline`.
+Default (no --proposer): `anthropic` when ANTHROPIC_API_KEY is set, else `optuna`.
 The openai proposer is never picked implicitly: it needs at least a model name.
 """
 
@@ -16,11 +18,11 @@ from typing import Optional
 from autoresearch.errors import ArError
 from autoresearch.proposers.base import Proposer
 
-PROPOSER_NAMES = ("anthropic", "openai", "offline")
+PROPOSER_NAMES = ("anthropic", "openai", "optuna", "offline")
 
 
 def default_proposer_name() -> str:
-    return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
+    return "anthropic" if os.environ.get("ANTHROPIC_API_KEY") else "optuna"
 
 
 def get_proposer(
@@ -43,6 +45,10 @@ def get_proposer(
         from autoresearch.proposers.openai import OpenAIProposer
 
         return OpenAIProposer(model, base_url=base_url, max_turns=max_turns)
+    if chosen == "optuna":
+        from autoresearch.proposers.tuner import OptunaProposer
+
+        return OptunaProposer()
     if chosen == "offline":
         from autoresearch.proposers.offline import OfflineProposer
 

@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from autoresearch.errors import ArError
 from autoresearch.proposers.edits import EditSession, ToolResult
+from autoresearch.proposers.notes import NOTES_TOOL, NotesSession, anthropic_tool
 from autoresearch.proposers.pricing import cost_usd, price_of
 from autoresearch.proposers.base import Proposal, ProposalContext, Usage
 from autoresearch.proposers.common import (
@@ -88,16 +89,18 @@ class AnthropicProposer:
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         session = EditSession(ctx.editable_name, ctx.editable_text)
+        notes = NotesSession(ctx.notes)
         conv = _Conversation(self, system_prompt(ctx), user_prompt(ctx))
-        description = run_turns(conv, session, self.max_turns)
-        return Proposal(new_text=session.text, description=description, usage=conv.usage)
+        description = run_turns(conv, session, self.max_turns, notes)
+        return Proposal(new_text=session.text, description=description, usage=conv.usage,
+                        notes=notes.text if notes.changed else None)
 
 
 class _Conversation:
     def __init__(self, owner: AnthropicProposer, system: str, first_user: str):
         self.owner = owner
         self.system = [{"type": "text", "text": system, "cache_control": EPHEMERAL}]
-        self.tools = [{"type": TOOL_TYPE, "name": TOOL_NAME, "cache_control": EPHEMERAL}]
+        self.tools = [anthropic_tool(), {"type": TOOL_TYPE, "name": TOOL_NAME, "cache_control": EPHEMERAL}]
         self.messages: list[dict] = [{"role": "user", "content": [{"type": "text", "text": first_user}]}]
         self.tokens = Usage()
         self.usage = Usage()
@@ -120,9 +123,9 @@ class _Conversation:
             self.messages.append({"role": "assistant", "content": [b.to_dict() for b in blocks]})
         text = "\n".join(b.text for b in blocks if b.type == "text")
         calls = [
-            ToolCall(b.id, b.input if isinstance(b.input, dict) else None, "the tool input must be an object")
-            if b.name == TOOL_NAME
-            else ToolCall(b.id, None, f"unknown tool {b.name!r}; the only tool is {TOOL_NAME}")
+            ToolCall(b.id, b.input if isinstance(b.input, dict) else None, "the tool input must be an object", b.name)
+            if b.name in (TOOL_NAME, NOTES_TOOL)
+            else ToolCall(b.id, None, f"unknown tool {b.name!r}; the tools are {TOOL_NAME} and {NOTES_TOOL}")
             for b in blocks
             if b.type == "tool_use"
         ]

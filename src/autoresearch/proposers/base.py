@@ -21,6 +21,14 @@ class HistoryItem:
     val_bpb: float  # 0.0 for a crash
     status: str  # keep | discard | crash
     description: str
+    parent: str = ""  # the commit it was made from ("" when unknown)
+    text: Optional[str] = None  # the editable file as this experiment ran it (None when unknown)
+    outcome: str = ""  # "" for a run that finished, else stopped | rejected | crashed | timeout
+    reason: str = ""  # one line: why it crashed, was rejected or was stopped
+    metrics: tuple[tuple[str, float], ...] = ()  # (name, value): num_steps, total_tokens_M, tok_per_s, ...
+    losses: tuple[Optional[float], ...] = ()  # training loss at 25/50/75/100% of the budget
+    runs: tuple[float, ...] = ()  # val_bpb of each of its runs (a keep may have been confirmed)
+    mode: str = ""  # the search mode that made it ("" for the plain chain): combine | ablate | branch
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,9 @@ class ProposalContext:
     last_crash_tail: Optional[str] = None  # tail of the last crashed run's log, if the last run crashed
     feedback: Optional[str] = None  # why the previous proposal was rejected before it ran
     in_flight: tuple[str, ...] = ()  # descriptions of experiments running right now (workers)
+    notes: str = ""  # the research notes file as it stands (the agent writes it with the notes tool)
+    mode: str = ""  # "" for the plain chain; "branch": editable_text is an earlier good commit's, not the best's
+    mode_note: str = ""  # one paragraph for the model: what this mode asks and why
 
 
 @dataclass
@@ -71,15 +82,19 @@ class Proposal:
     new_text: str  # the whole editable file after the edit
     description: str  # one line: what the experiment tries
     usage: Usage = field(default_factory=Usage)
+    notes: Optional[str] = None  # the research notes after this turn, when the model rewrote them
+    mode: str = ""  # the search mode that made it (loop/plateau.py); "" for the plain chain
+    base: str = ""  # the commit whose script it edits, when not the one it is committed on (a branch)
 
 
 class NoProposal(ArError):
     """The proposer produced no usable edit this time (the loop asks again). Its usage
     still counts towards the cost."""
 
-    def __init__(self, message: str, usage: Optional[Usage] = None):
+    def __init__(self, message: str, usage: Optional[Usage] = None, notes: Optional[str] = None):
         super().__init__(message)
         self.usage = usage or Usage()
+        self.notes = notes  # notes the model wrote before failing are kept all the same
 
 
 class Proposer(Protocol):

@@ -14,7 +14,8 @@ from typing import Callable, Optional, Protocol, TypeVar
 
 from autoresearch.proposers.edits import EditSession, ToolResult
 from autoresearch.proposers.base import NoProposal, Usage
-from autoresearch.proposers.prompt import parse_description
+from autoresearch.proposers.notes import NOTES_TOOL, NotesSession
+from autoresearch.proposers.prompt import TOOL_NAME, parse_description
 
 T = TypeVar("T")
 
@@ -97,6 +98,7 @@ class ToolCall:
     id: str
     args: Optional[dict]  # None when the arguments could not be parsed
     error: Optional[str] = None  # why they could not
+    name: str = TOOL_NAME  # the edit tool, or the notes tool
 
 
 @dataclass
@@ -130,9 +132,19 @@ ASK_DESCRIPTION = (
 )
 
 
-def run_turns(conv: Conversation, session: EditSession, max_turns: int) -> str:
+def run_turns(conv: Conversation, session: EditSession, max_turns: int, notes: Optional[NotesSession] = None) -> str:
     """Drive the conversation until the model has edited the file and described the
-    experiment; returns the description. Raises NoProposal (with the usage so far)."""
+    experiment; returns the description. Raises NoProposal (with the usage so far, and
+    the notes when the model rewrote them)."""
+    try:
+        return _turns(conv, session, max_turns, notes)
+    except NoProposal as e:
+        if notes is not None and notes.changed:
+            e.notes = notes.text
+        raise
+
+
+def _turns(conv: Conversation, session: EditSession, max_turns: int, notes: Optional[NotesSession]) -> str:
     asked_description = False
     for _ in range(max_turns):
         reply = conv.send()
@@ -142,6 +154,8 @@ def run_turns(conv: Conversation, session: EditSession, max_turns: int) -> str:
                 if call.args is None:
                     session.errors += 1
                     results.append((call.id, ToolResult("Error: " + (call.error or "unreadable arguments"), True)))
+                elif call.name == NOTES_TOOL and notes is not None:
+                    results.append((call.id, notes.execute(call.args)))
                 else:
                     results.append((call.id, session.execute(call.args)))
             conv.add_tool_results(results)

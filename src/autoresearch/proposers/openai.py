@@ -28,6 +28,7 @@ from autoresearch.proposers.common import (
     retry_after_seconds,
     run_turns,
 )
+from autoresearch.proposers.notes import NOTES_TOOL, NotesSession, openai_tool
 from autoresearch.proposers.prompt import TOOL_NAME, system_prompt, user_prompt
 
 NO_KEY = "not-needed"  # local servers ignore the key, but the SDK insists on one
@@ -116,15 +117,17 @@ class OpenAIProposer:
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         session = EditSession(ctx.editable_name, ctx.editable_text)
+        notes = NotesSession(ctx.notes)
         conv = _Conversation(self, system_prompt(ctx), user_prompt(ctx), edit_tool(ctx.editable_name))
-        description = run_turns(conv, session, self.max_turns)
-        return Proposal(new_text=session.text, description=description, usage=conv.usage)
+        description = run_turns(conv, session, self.max_turns, notes)
+        return Proposal(new_text=session.text, description=description, usage=conv.usage,
+                        notes=notes.text if notes.changed else None)
 
 
 class _Conversation:
     def __init__(self, owner: OpenAIProposer, system: str, first_user: str, tool: dict):
         self.owner = owner
-        self.tools = [tool]
+        self.tools = [tool, openai_tool()]
         self.messages: list[dict] = [
             {"role": "system", "content": system},
             {"role": "user", "content": first_user},
@@ -190,12 +193,12 @@ class _Conversation:
 
 def _parse_call(call) -> ToolCall:
     name = call.function.name
-    if name != TOOL_NAME:
-        return ToolCall(call.id, None, f"unknown tool {name!r}; the only tool is {TOOL_NAME}")
+    if name not in (TOOL_NAME, NOTES_TOOL):
+        return ToolCall(call.id, None, f"unknown tool {name!r}; the tools are {TOOL_NAME} and {NOTES_TOOL}")
     try:
         args = json.loads(call.function.arguments or "{}")
     except json.JSONDecodeError as e:
         return ToolCall(call.id, None, f"the arguments are not valid JSON ({e.msg} at position {e.pos})")
     if not isinstance(args, dict):
         return ToolCall(call.id, None, "the arguments must be a JSON object")
-    return ToolCall(call.id, args)
+    return ToolCall(call.id, args, name=name)

@@ -12,6 +12,8 @@ from pathlib import PurePosixPath
 from typing import Optional
 
 from autoresearch.proposers.base import HistoryItem, ProposalContext
+from autoresearch.proposers.notes import NOTES_TOOL
+from autoresearch.proposers.context import changes, failures, losses, metric_columns
 
 TOOL_NAME = "str_replace_based_edit_tool"
 HISTORY_LIMIT = 60  # beyond this many rows, the history is summarised
@@ -31,7 +33,10 @@ change it meaningfully, and do not duplicate an experiment that is running right
 view or edit; always use the path "{name}". Prefer `str_replace` with an `old_str` \
 copied exactly from the file (whitespace included) that occurs once; `create` rewrites \
 the whole file. If a call fails, read the error and fix the call.
-3. When the edit is complete, reply with text only. Its first line is a short \
+3. Keep your research notes with the {notes_tool} tool: what you learned from the \
+results and what you plan next. They are shown to you at the start of every experiment \
+and survive restarts; update them when a result teaches you something.
+4. When the edit is complete, reply with text only. Its first line is a short \
 description of the experiment, like a commit message (for example: "increase matrix \
 LR to 0.05"); a few lines on why may follow.
 
@@ -44,7 +49,7 @@ The standing instructions of this research run (program.md) follow.
 
 
 def system_prompt(ctx: ProposalContext) -> str:
-    return SYSTEM.format(name=ctx.editable_name, tool=TOOL_NAME, program=ctx.program.strip())
+    return SYSTEM.format(name=ctx.editable_name, tool=TOOL_NAME, notes_tool=NOTES_TOOL, program=ctx.program.strip())
 
 
 def user_prompt(ctx: ProposalContext) -> str:
@@ -55,8 +60,15 @@ def user_prompt(ctx: ProposalContext) -> str:
     else:
         parts.append(f"Best val_bpb so far: {ctx.best:.6f} (lower is better).")
 
+    notes = ctx.notes.strip()
+    parts.append(f"## Your research notes\n{notes}" if notes else
+                 f"## Your research notes\nEmpty so far: write them with the {NOTES_TOOL} tool.")
+
     if ctx.history:
         parts.append(f"## Experiments so far ({len(ctx.history)})\n" + format_history(ctx.history))
+        for section in (failures(ctx.history), losses(ctx.history), changes(ctx.history, name)):
+            if section:
+                parts.append(section)
     else:
         parts.append("## Experiments so far\nNone yet.")
 
@@ -76,10 +88,14 @@ def user_prompt(ctx: ProposalContext) -> str:
     if ctx.feedback:
         parts.append(f"## Your previous proposal was rejected before it ran\n{ctx.feedback.strip()}")
 
+    if ctx.mode_note:
+        parts.append(f"## This experiment: {ctx.mode}\n{ctx.mode_note.strip()}")
+
     lang = "python" if PurePosixPath(name).suffix == ".py" else ""
     n_lines = len(ctx.editable_text.splitlines())
+    which = "the version you branch from" if ctx.mode == "branch" else "the best version so far"
     parts.append(
-        f"## Current {name} (the best version so far, {n_lines} lines)\n"
+        f"## Current {name} ({which}, {n_lines} lines)\n"
         f"```{lang}\n{ctx.editable_text.rstrip()}\n```"
     )
     parts.append(f"Make one experiment now: edit {name} with the tool, then reply with the one-line description.")
@@ -101,10 +117,12 @@ def format_history(history: tuple[HistoryItem, ...]) -> str:
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         note = f"({len(hidden)} older experiments not shown: {summary}. Shown: every keep and the last {HISTORY_TAIL}.)\n"
         items = shown
-    rows = ["#\tcommit\tval_bpb\tstatus\tdescription"]
-    for it in items:
-        bpb = "-" if it.status == "crash" else f"{it.val_bpb:.6f}"
-        rows.append(f"{it.number}\t{it.commit[:7]}\t{bpb}\t{it.status}\t{_one_line(it.description)}")
+    names, cells = metric_columns(items)
+    rows = ["\t".join(["#", "commit", "val_bpb", "status", *names, "description"])]
+    for it, metric_cells in zip(items, cells):
+        bpb = "-" if it.status == "crash" or (it.outcome == "stopped" and not it.val_bpb) else f"{it.val_bpb:.6f}"
+        status = it.outcome if it.outcome in ("stopped", "rejected", "timeout") else it.status
+        rows.append("\t".join([str(it.number), it.commit[:7], bpb, status, *metric_cells, _one_line(it.description)]))
     return note + "\n".join(rows)
 
 

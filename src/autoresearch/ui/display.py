@@ -102,6 +102,8 @@ class PlainDisplay:
             self.line(escape(e.note))
         elif k == "no_proposal":
             self.line(f"{_who(e)}[yellow]no proposal[/] ({e.description}): {escape(e.note)}")
+        elif k == "mode":
+            self.line(f"{_who(e)}[magenta]{escape(e.description)}[/]: {escape(e.note)}")
         elif k == "abandoned":
             self.line(f"{_who(e)}[yellow]abandoned[/] {e.commit or 'the proposal'}: {escape(e.note)}; nothing recorded in results.tsv")
 
@@ -178,7 +180,7 @@ class LiveDisplay(PlainDisplay):
                 done.event = None
             style = STATUS_STYLE.get(e.status, "")
             self.line(f"{_who(e)}#{e.number} [{style}]{e.status}[/] {_bpb(e.val_bpb)}  {escape(e.description)}  [dim]{escape(e.note)}[/]")
-        elif k in ("recovered", "noise_floor", "noise", "no_proposal", "abandoned"):
+        elif k in ("recovered", "noise_floor", "noise", "no_proposal", "abandoned", "mode"):
             super().__call__(e)
 
     def render(self):
@@ -242,8 +244,8 @@ def print_header(console: Console, session, *, offline_by_default: bool) -> None
     say = lambda text: console.print(text, highlight=False, soft_wrap=True)  # noqa: E731
     say(f"ar loop on [bold]{session.workspace.branch}[/] in {session.folder}")
     say(f"  proposer:  {session.proposer.name}")
-    if offline_by_default and session.proposer.name == "offline":
-        say("  [yellow]no ANTHROPIC_API_KEY set:[/] the offline proposer needs no LLM; it tries changes of the "
+    if offline_by_default and session.proposer.name in ("optuna", "offline"):
+        say(f"  [yellow]no ANTHROPIC_API_KEY set:[/] the {session.proposer.name} proposer needs no LLM; it tunes the "
             f"numeric constants in {cfg.editable}. Set ANTHROPIC_API_KEY or pass --proposer for an LLM.")
     say(f"  keep rule: {_RULES.get(s.keep_rule, s.keep_rule)}")
     say(f"  backend:   {cfg.backend}: trains and edits {cfg.editable}")

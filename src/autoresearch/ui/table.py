@@ -13,55 +13,44 @@ from __future__ import annotations
 import json
 from typing import Iterator, Optional
 
-from autoresearch.journal.queries import keys_of, summarize
+from autoresearch.journal.queries import spends
 from autoresearch.ui.view import TABLE_COLUMNS, View, table_rows
 
 _RIGHT = {0, 2, 3, 4}
 _STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red"}
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens")
 MIN_ROWS = 5  # rows shown on however small a terminal
 
 
-def _spent(view: View) -> dict[int, dict]:
-    """Row number -> the LLM usage of its proposal, for proposals that cost something."""
-    return {e.number: e.usage for e in view.entries if e.usage and any(e.usage.values())}
-
-
 def results_json(view: View) -> str:
-    entries, before, spent = view.entries, view.best_before(), _spent(view)
-    workers = any(e.worker for e in entries)
+    entries, before, t = view.entries, view.best_before(), view.tally
     rows = [
         {"n": e.number, **e.row.as_dict(), "best_before": b,
          "delta": (e.row.val_bpb - b) if b is not None and e.row.val_bpb > 0 else None,  # none for a crash or a stop
          "budget": float(e.budget), "backend": e.backend or None,
-         **({"worker": e.worker or None} if workers else {}),
-         "usage": spent.get(e.number), "sandbox": e.record.get("sandbox")}
+         **({"worker": e.worker or None} if t.workers else {}),
+         "usage": e.usage if spends(e) else None, "sandbox": e.sandbox}
         for e, b in zip(entries, before)
     ]
-    llm = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
-    llm["cost_usd"] = round(sum(u.get("cost_usd", 0.0) for u in spent.values()), 6)
+    llm = {**t.tokens, "cost_usd": round(t.cost_usd, 6)}
     return json.dumps({"rows": rows, "summary": {**view.summary().as_dict(), "llm": llm}}, indent=1)
 
 
-def _cells(view: View, spent: dict[int, dict], last: Optional[int]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+def _cells(view: View, last: Optional[int]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """The column names and the cells of the last `last` rows (None: all of them)."""
-    entries = view.entries
-    before = view.best_before()  # over every row: a row is compared with all the rows before it
+    t = view.tally
     columns = TABLE_COLUMNS
-    extra = []  # decided on every row, so --last shows the same columns as the whole table
-    if len(view.backends) > 1:  # rows of different backends are never compared: say which is which
+    extra = []  # decided on every row (the tally), so --last shows the same columns as the whole table
+    if len(t.backends) > 1:  # rows of different backends are never compared: say which is which
         extra.append(("backend", lambda e: e.backend))
-    if any(e.worker for e in entries):  # `ar loop --workers`: who ran what
+    if t.workers:  # `ar loop --workers`: who ran what
         extra.append(("worker", lambda e: e.worker))
-    sandboxes = {e.record.get("sandbox") for e in entries if e.record.get("sandbox")}
-    if "none" in sandboxes and len(sandboxes) > 1:  # some ran with --no-sandbox, some not: which
-        extra.append(("sandbox", lambda e: str(e.record.get("sandbox") or "")))
-    if spent:
-        extra.append(("cost", lambda e: f"${spent[e.number].get('cost_usd', 0.0):.4f}" if e.number in spent else ""))
-    if last is not None:  # only the rows shown are formatted
-        start = max(0, len(entries) - last)
-        entries, before = entries[start:], before[start:]
-    cells = table_rows(entries, before)
+    if t.unsandboxed and t.sandboxes:  # some ran with --no-sandbox, some not: which
+        extra.append(("sandbox", lambda e: str(e.sandbox or "")))
+    if t.spent:
+        extra.append(("cost", lambda e: f"${e.usage.get('cost_usd', 0.0):.4f}" if spends(e) else ""))
+    # only the rows shown are formatted, each compared with all the rows before it
+    entries = view.tail(last)
+    cells = table_rows(entries, view.best_before(view.total - len(entries)))
     for name, cell in extra:  # before the description
         columns = columns[:-1] + (name,) + columns[-1:]
         cells = [c[:-1] + (cell(e),) + c[-1:] for c, e in zip(cells, entries)]
@@ -81,43 +70,38 @@ def _progress(s) -> str:
     return f"baseline {s.baseline:.6f} -> best {s.best:.6f} ({change:+.6f}, {pct + 0.0:+.2f}%)"
 
 
-def _summary_lines(view: View, spent: dict[int, dict]) -> list[str]:
-    s = view.summary()
+def _summary_lines(view: View) -> list[str]:
+    s, t = view.summary(), view.tally
     line = f"{s.experiments} experiments, {s.kept} kept, {s.discarded} discarded, {s.crashed} crashed"
-    groups = [k for k in keys_of(view.entries) if any(e.key == k and e.counts for e in view.entries)]
-    if len(groups) > 1:  # never compared with each other: a baseline and a best for each
-        lines = [line] + [f"  {_progress(summarize(view.entries, k, view.ancestry))} ({k[1] or '?'}, {k[0]} s)" for k in groups]
+    if len(t.groups) > 1:  # never compared with each other: a baseline and a best for each
+        lines = [line] + [f"  {_progress(view.summarize(k))} ({k[1] or '?'}, {k[0]} s)" for k in t.groups]
     else:
         lines = [line + (f"; {_progress(s)}" if s.baseline is not None else "")]
     sandboxed = _sandbox_line(view)
     if sandboxed:
         lines.append(sandboxed)
-    if spent:
-        tokens = {k: sum(u.get(k, 0) for u in spent.values()) for k in _TOKENS}
-        cost = sum(u.get("cost_usd", 0.0) for u in spent.values())
-        lines.append(f"LLM: {tokens['input_tokens']:,} input, {tokens['output_tokens']:,} output, "
-                     f"{tokens['cache_read_tokens']:,} cached tokens; ${cost:.2f} in total")
+    if t.spent:
+        lines.append(f"LLM: {t.tokens['input_tokens']:,} input, {t.tokens['output_tokens']:,} output, "
+                     f"{t.tokens['cache_read_tokens']:,} cached tokens; ${t.cost_usd:.2f} in total")
     return lines
 
 
 def _sandbox_line(view: View) -> Optional[str]:
     """Whether the experiments' runs were sandboxed (rows from before ar recorded it: not counted)."""
-    known = [e.record.get("sandbox") for e in view.entries if e.record.get("sandbox")]
-    if not known:
+    t = view.tally
+    if not t.sandboxed:
         return None
-    bare = sum(name == "none" for name in known)
-    kinds = ", ".join(sorted({name for name in known if name != "none"}))
-    unknown = len(view.entries) - len(known)
+    kinds = ", ".join(t.sandboxes)
+    unknown = t.rows - t.sandboxed
     later = f" ({unknown} earlier not recorded)" if unknown else ""
-    if not bare:
-        return f"sandbox: every run of {len(known)} experiments ran in it ({kinds}){later}"
-    return f"sandbox: {bare} of {len(known)} experiments ran WITHOUT it (--no-sandbox){later}"
+    if not t.unsandboxed:
+        return f"sandbox: every run of {t.sandboxed} experiments ran in it ({kinds}){later}"
+    return f"sandbox: {t.unsandboxed} of {t.sandboxed} experiments ran WITHOUT it (--no-sandbox){later}"
 
 
 def results_plain(view: View, last: Optional[int] = None) -> Iterator[str]:
     """The table and the summary as plain lines (each ending in a newline), for a pipe."""
-    spent = _spent(view)
-    columns, cells = _cells(view, spent, last)
+    columns, cells = _cells(view, last)
     widths = _widths(columns, cells)
     pads = [str.rjust if k in _RIGHT else str.ljust for k in range(len(widths))]
 
@@ -127,7 +111,7 @@ def results_plain(view: View, last: Optional[int] = None) -> Iterator[str]:
     yield line(columns)
     for c in cells:
         yield line(c)
-    for summary in _summary_lines(view, spent):
+    for summary in _summary_lines(view):
         yield summary + "\n"
 
 
@@ -148,15 +132,14 @@ def results_text(view: View, last: Optional[int] = None, height: Optional[int] =
     earlier ones are hidden and how to see them; an explicit `last` is shown whole."""
     from rich.text import Text
 
-    spent = _spent(view)
-    lines = _summary_lines(view, spent)
+    lines = _summary_lines(view)
     hidden = 0
     if height is not None and last is None:
-        total = len(view.entries)
+        total = view.total
         wrapped = sum(-(-len(line) // max(width, 1)) for line in lines)  # the summary wraps, rows do not
         last = rows_that_fit(total, height, other_lines=1 + wrapped + 1)
         hidden = total - last
-    columns, cells = _cells(view, spent, last)
+    columns, cells = _cells(view, last)
     widths = _widths(columns, cells)
     text = Text(no_wrap=True, overflow="ellipsis")
     for k, name in enumerate(columns[:-1]):

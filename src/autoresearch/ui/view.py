@@ -1,69 +1,172 @@
 """The journal as `ar results`, `ar plot` and reports read it: every row with its record,
-the branch's ancestry and the workspace's own group (budget, default backend)."""
+the branch's ancestry and the workspace's own group (budget, default backend). `ar results`
+reads it through the journal's cache (results_view): a partial view, without the records."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
+import threading
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from autoresearch.errors import ArError
-from autoresearch.journal.queries import Entry, Summary, best_before, budget_key, history, summarize
-from autoresearch.workspace.config import load_config
+from autoresearch.journal.queries import Entry, Summary, Tally, best_before, budget_key, history, summarize, tally_of
+
+if TYPE_CHECKING:
+    from autoresearch.journal.cache import Settings
 
 
-@dataclass(frozen=True)
 class View:
-    """What `ar results`, `ar plot` and reports read: the entries, the branch, the default group."""
+    """What `ar results`, `ar plot` and reports read: the entries, the branch, the default group.
 
-    entries: list[Entry]
-    ancestry: Optional[set[str]]  # None outside a git repository: every row counts
-    key: Optional[tuple[str, str]]  # the workspace's budget and default backend
+    `ar results` gets a partial view (View.partial, from journal/cache.py): `known` holds
+    every row that counts (Entry.counts: all the best needs) and every row from number
+    `first` on, and `tally` what the journal says of all its rows; `entries` loads them all,
+    when asked. tail, best_before, summary and summarize answer from `known` where they can."""
+
+    def __init__(self, entries: list[Entry], ancestry: Optional[set[str]], key: Optional[tuple[str, str]]) -> None:
+        self.ancestry = ancestry  # None outside a git repository: every row counts
+        self.key = key  # the workspace's budget and default backend
+        self.known, self.first, self.total = entries, 1, len(entries)
+        self._entries: Optional[list[Entry]] = entries
+        self._load: Optional[Callable[[], list[Entry]]] = None
+        self._tally: Optional[Tally] = None
+        self._partial = False
+        self._counted: Optional[list[Entry]] = None
+
+    @classmethod
+    def partial(cls, known: list[Entry], first: int, tally: Tally, load: Callable[[], list[Entry]],
+                ancestry: Optional[set[str]], key: Optional[tuple[str, str]]) -> View:
+        view = cls(known, ancestry, key)
+        view.first, view.total, view._tally, view._partial = first, tally.rows, tally, True
+        if first > 1:
+            view._entries, view._load = None, load
+        return view
+
+    @property
+    def entries(self) -> list[Entry]:
+        if self._entries is None:
+            self._entries = self._load()
+        return self._entries
+
+    @property
+    def tally(self) -> Tally:
+        if self._tally is None:
+            self._tally = tally_of(self.entries)
+        return self._tally
+
+    @property
+    def counted(self) -> list[Entry]:
+        """The entries that count (Entry.counts), in order."""
+        if self._counted is None:
+            self._counted = [e for e in self.known if e.counts]
+        return self._counted
 
     @property
     def backends(self) -> list[str]:
         return list(dict.fromkeys(e.backend for e in self.entries))
 
-    def summary(self) -> Summary:
-        key = self.key if any(e.key == self.key and e.counts for e in self.entries) else None
-        return summarize(self.entries, key, self.ancestry)
+    def tail(self, last: Optional[int] = None) -> list[Entry]:
+        """The last `last` entries (None: all)."""
+        n = self.total if last is None else min(last, self.total)
+        if self.total - n + 1 >= self.first:  # all in `known`, as its last n
+            return self.known[len(self.known) - n:]
+        return self.entries[self.total - n:]
 
-    def best_before(self) -> list[Optional[float]]:
-        return best_before(self.entries, self.ancestry)
+    def best_before(self, start: int = 0) -> list[Optional[float]]:
+        """For each entry from index `start` on, the best of its own group before it (queries.best_before)."""
+        if start + 1 >= self.first:  # from `known`: the rows before `start` that count, then the rest
+            split = len(self.known) - (self.total - start)
+            head = [e for e in self.known[:split] if e.counts]
+            return best_before(head + self.known[split:], self.ancestry)[len(head):]
+        return best_before(self.entries, self.ancestry)[start:]
+
+    def summary(self) -> Summary:
+        """The summary of the workspace's group, or of the first kept row's if it has none."""
+        key = self.key if any(e.key == self.key for e in self.counted) else None
+        return self.summarize(key)
+
+    def summarize(self, key: Optional[tuple[str, str]]) -> Summary:
+        """queries.summarize over every row (of a partial view: from the rows that count and the tally)."""
+        if self._partial:
+            return summarize(self.counted, key, self.ancestry, tally=self._tally)
+        return summarize(self.entries, key, self.ancestry)
 
 
 def workspace_view(folder: Path) -> View:
     """The journal of the workspace at `folder` (a bare results.tsv folder works too)."""
     folder = Path(folder)
+    git = _Ancestry(folder)  # git walks the history while we read the journal
+    try:
+        found = _settings(folder)
+        budget, backend = found or (0.0, "")
+        entries = history(folder, budget=budget, backend=backend)
+    finally:
+        ancestry = git.result()
+    return View(entries, ancestry, _key(found))
+
+
+def results_view(folder: Path) -> View:
+    """workspace_view for `ar results`: a partial view, from the journal's cache (journal/cache.py)
+    where it is fresh, so a repeat call parses nothing. Its entries carry no records (Entry.record)."""
+    folder = Path(folder)
+    git = _Ancestry(folder)
+    try:
+        from autoresearch.journal.cache import cached_history  # here: after git has started
+
+        j = cached_history(folder, lambda: _settings(folder))
+    finally:
+        ancestry = git.result()
+    return View.partial(j.known, j.first, j.tally, j.load, ancestry, _key(j.settings))
+
+
+def _key(found: Settings) -> Optional[tuple[str, str]]:
+    return (budget_key(found[0]), found[1]) if found else None
+
+
+def _settings(folder: Path) -> Settings:
+    """The workspace's budget and default backend; None where it has no (valid) config."""
+    from autoresearch.workspace.config import load_config  # its imports: only when no cache answers
+
     try:
         cfg = load_config(folder)
-        budget, backend = cfg.budget, cfg.backend
     except ArError:
-        cfg, budget, backend = None, 0.0, ""
-    entries = history(folder, budget=budget, backend=backend)
-    return View(entries, _ancestry(folder), (budget_key(budget), backend) if cfg else None)
+        return None
+    return cfg.budget, cfg.backend
 
 
-def _ancestry(folder: Path) -> Optional[set[str]]:
+class _Ancestry:
     """Short hashes of HEAD and its ancestors; None outside a repository or before a commit.
 
     One `git rev-list` of our own rather than workspace.git's: importing GitPython and its
     two git processes were a third of `ar results --last`'s 0.2 s target, and a read that a
-    Ctrl-C interrupts needs none of that adapter's clean-up care.
+    Ctrl-C interrupts needs none of that adapter's clean-up care. Started at once and read
+    by a thread (its output outgrows a pipe's buffer), so it runs beside the journal's read.
     """
-    if not (folder / ".git").exists():  # the repository at `folder`, never a parent's
-        return None
-    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
-    env["GIT_CEILING_DIRECTORIES"] = str(folder.resolve().parent)  # a broken .git: no search above
-    try:
-        git = subprocess.run(["git", "rev-list", "HEAD", "--"], cwd=folder, env=env, capture_output=True, text=True)
-    except OSError:  # no git on PATH
-        return None
-    if git.returncode != 0:  # no commit yet (or not a repository after all)
-        return None
-    return {sha[:7] for sha in git.stdout.split()} or None
+
+    def __init__(self, folder: Path) -> None:
+        self._proc, self._out = None, []
+        if not (folder / ".git").exists():  # the repository at `folder`, never a parent's
+            return
+        env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+        env["GIT_CEILING_DIRECTORIES"] = str(folder.resolve().parent)  # a broken .git: no search above
+        try:
+            self._proc = subprocess.Popen(["git", "rev-list", "HEAD", "--"], cwd=folder, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:  # no git on PATH
+            return
+        self._reader = threading.Thread(target=lambda: self._out.append(self._proc.stdout.read()), daemon=True)
+        self._reader.start()
+
+    def result(self) -> Optional[set[str]]:
+        if self._proc is None:
+            return None
+        self._reader.join()
+        self._proc.stdout.close()
+        if self._proc.wait() != 0:  # no commit yet (or not a repository after all)
+            return None
+        return {sha[:7] for sha in self._out[0].split()} or None
 
 
 TABLE_COLUMNS = ("#", "commit", "val_bpb", "vs best", "memory", "status", "description")

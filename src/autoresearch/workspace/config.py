@@ -23,7 +23,8 @@ BRANCH_PREFIX = "autoresearch/"
 RESULTS_NAME = "results.tsv"
 RUNS_RELDIR = Path(".autoresearch") / "runs"
 PROGRAM_NAME = "program.md"
-GITIGNORE_LINES = ("results.tsv", "results-*.tsv", "progress.png", "report.html", ".autoresearch/runs/")
+GITIGNORE_LINES = ("results.tsv", "results-*.tsv", "progress.png", "report.html", ".autoresearch/runs/",
+                   ".autoresearch/notes.md")  # the agent's research notes (proposers/notes.py)
 SCRIPTS = ("train.py", "train_mlx.py")  # both are written; `--backend` picks the one that runs
 
 
