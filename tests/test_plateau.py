@@ -8,8 +8,6 @@ val_bpb = 1 - 0.05 A - 0.02 B - 0.03 C + 0.025 B*C + 0.01 D + 0.01 E - 0.04 D*E
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -22,6 +20,7 @@ from autoresearch.loop.serial import run_loop
 from autoresearch.proposers.base import HistoryItem, Proposal
 from autoresearch.run.script import ScriptRunner
 from autoresearch.workspace.git import Workspace
+from workspaces import git, git_workspace
 
 FAKE_TRAIN = """\
 A = 0
@@ -38,19 +37,9 @@ print("training_seconds: 1.0")
 """
 
 
-def git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
-
-
 @pytest.fixture
 def ws(tmp_path) -> Workspace:
-    folder = tmp_path / "ws"
-    w = Workspace.init(folder)
-    (folder / "train.py").write_text(FAKE_TRAIN)
-    (folder / "program.md").write_text("# autoresearch\n")
-    (folder / ".gitignore").write_text("results.tsv\n.autoresearch/runs/\n.autoresearch/notes.md\n")
-    w.commit(["train.py", "program.md", ".gitignore"], "fake training script")
-    return w
+    return git_workspace(tmp_path / "ws", FAKE_TRAIN)
 
 
 class Scripted:

@@ -8,8 +8,6 @@ The loop is the real one (run_loop, ScriptRunner, git) on a fast fake training s
 from __future__ import annotations
 
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
 from fake_llm_server import FakeLLMServer, anthropic_text, anthropic_tool_use
@@ -24,6 +22,7 @@ from autoresearch.proposers.common import RetryPolicy
 from autoresearch.proposers.notes import NOTES_RELPATH
 from autoresearch.run.script import ScriptRunner
 from autoresearch.workspace.git import Workspace
+from workspaces import git, git_workspace
 
 # val_bpb is best at LR = 0.02; the loss curve and the summary metrics follow LR too.
 FAKE_TRAIN = """\
@@ -45,19 +44,9 @@ print("num_steps: 40")
 """
 
 
-def git(folder: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
-
-
 @pytest.fixture
 def ws(tmp_path) -> Workspace:
-    folder = tmp_path / "ws"
-    w = Workspace.init(folder)
-    (folder / "train.py").write_text(FAKE_TRAIN)
-    (folder / "program.md").write_text("# autoresearch\nGet the lowest val_bpb by editing train.py.\n")
-    (folder / ".gitignore").write_text("results.tsv\n.autoresearch/runs/\n.autoresearch/notes.md\n")
-    w.commit(["train.py", "program.md", ".gitignore"], "fake training script")
-    return w
+    return git_workspace(tmp_path / "ws", FAKE_TRAIN, "# autoresearch\nGet the lowest val_bpb by editing train.py.\n")
 
 
 def settings(n: int, **kw) -> LoopSettings:

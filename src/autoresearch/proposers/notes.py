@@ -9,11 +9,10 @@ so side effects stay at the edge.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from autoresearch.data.cache import atomic_write
 from autoresearch.proposers.edits import ToolResult
 
 NOTES_RELPATH = Path(".autoresearch") / "notes.md"
@@ -81,13 +80,4 @@ def write_notes(folder: Path, text: str) -> None:
     """Atomically: a crash mid-write leaves the old notes, never half of the new ones."""
     path = Path(folder) / NOTES_RELPATH
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".notes.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))
