@@ -109,11 +109,3 @@ def normalise(text: str) -> str:
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return " ".join(text.split())
 
-
-def repeat_of(text: str, history: Iterable[HistoryItem]) -> Optional[HistoryItem]:
-    """The earliest past experiment that ran the same program as `text`, if any."""
-    key = normalise(text)
-    for item in history:
-        if item.text is not None and normalise(item.text) == key:
-            return item
-    return None

@@ -229,7 +229,7 @@ class ParallelLoop:
             number = len(rows) + len(self._in_flight)
         try:
             lab.emit("proposing", number=number, best=ctx.best)
-            proposal = self._propose(ticket, ctx, best.commit if best else None, slot)
+            proposal = self._propose(ticket, ctx, slot)
             if proposal is None:
                 return True
             outcome = run_experiment(lab, InWorktree(self.ws, self.trees[slot]), _SlotRunner(self, slot), proposal,
@@ -245,12 +245,12 @@ class ParallelLoop:
             with lab.lock:
                 self._in_flight.pop(ticket, None)
 
-    def _propose(self, ticket: str, ctx, best_commit: Optional[str], slot: int) -> Optional[Proposal]:
+    def _propose(self, ticket: str, ctx, slot: int) -> Optional[Proposal]:
         """A proposal no other worker is running; two asked for at once can be the same: ask again, twice.
         On a plateau each worker takes another mode, or branches from another parent (`slot`)."""
         lab = self.lab
         for attempt in range(3):
-            proposal, wait = self.asking.next(ctx, best_commit, offset=slot + attempt)
+            proposal, wait = self.asking.next(ctx, offset=slot + attempt)
             if proposal is None:
                 self._pause(wait) if wait else None
                 return None

@@ -92,6 +92,7 @@ class Proposing:
             editable_text=current,
             history=self.history(rows),
             best=best.val_bpb if best else None,
+            best_commit=best.commit if best else "",
             hardware=s.hardware,
             profile=s.profile,
             last_crash_tail=self.last_crash_tail,
@@ -107,12 +108,12 @@ class Proposing:
         except OSError:
             return ""
 
-    def next(self, ctx: ProposalContext, best_commit: Optional[str], offset: int = 0) -> tuple[Optional[Proposal], float]:
+    def next(self, ctx: ProposalContext, offset: int = 0) -> tuple[Optional[Proposal], float]:
         """The next experiment: on a plateau, what its mode builds or asks for (loop/plateau.py);
         otherwise the proposer's next step from the best. `offset`: the worker's slot."""
         step = None
-        if best_commit and self.lab.s.plateau > 0:
-            step = plateau.next_step(ctx.history, best_commit, ctx.editable_text, self.lab.s.plateau,
+        if ctx.best_commit and self.lab.s.plateau > 0:
+            step = plateau.next_step(ctx.history, ctx.best_commit, ctx.editable_text, self.lab.s.plateau,
                                      lambda text: self.repeat_of(text, ctx.history) is None, offset)
         if step is None or step.mode == "chain":
             return self.propose(ctx)

@@ -63,7 +63,7 @@ def _one(lab: Lab, asking: Proposing, checkout: InPlace, runner: Runner, sleep: 
     best = lab.best_row(rows)
     ctx = asking.context(rows, best, asking.read_editable())
     lab.emit("proposing", number=len(rows) + 1, best=ctx.best)
-    proposal, wait = asking.next(ctx, best.commit if best else None)
+    proposal, wait = asking.next(ctx)
     if proposal is None:
         if wait:
             sleep(wait)

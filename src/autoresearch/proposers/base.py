@@ -46,6 +46,7 @@ class ProposalContext:
     notes: str = ""  # the research notes file as it stands (the agent writes it with the notes tool)
     mode: str = ""  # "" for the plain chain; "branch": editable_text is an earlier good commit's, not the best's
     mode_note: str = ""  # one paragraph for the model: what this mode asks and why
+    best_commit: str = ""  # the commit of `best` (journal.queries.best_entry: the one definition)
 
 
 @dataclass

@@ -46,17 +46,17 @@ def failures(history: Sequence[HistoryItem]) -> str:
     return "## Why these failed or were stopped (the most recent)\n" + "\n".join(lines)
 
 
-def best_item(history: Sequence[HistoryItem]) -> Optional[HistoryItem]:
-    kept = [it for it in history if it.status == "keep" and it.val_bpb > 0]
-    return min(kept, key=lambda it: (it.val_bpb, it.number)) if kept else None
+def best_item(history: Sequence[HistoryItem], best_commit: str) -> Optional[HistoryItem]:
+    """The loop's best (ProposalContext.best_commit), as a history item."""
+    return next((it for it in history if best_commit and it.commit[:7] == best_commit[:7]), None)
 
 
 def _losses(it: HistoryItem) -> str:
     return " ".join("-" if v is None else f"{v:.3f}" for v in it.losses)
 
 
-def losses(history: Sequence[HistoryItem]) -> str:
-    best = best_item(history)
+def losses(history: Sequence[HistoryItem], best_commit: str) -> str:
+    best = best_item(history, best_commit)
     recent = {it.number for it in history[-LOSSES_RECENT:]}
     shown = [it for it in history if it.losses and (it.status == "keep" or it.number in recent)]
     if not shown:

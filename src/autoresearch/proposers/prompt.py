@@ -66,7 +66,7 @@ def user_prompt(ctx: ProposalContext) -> str:
 
     if ctx.history:
         parts.append(f"## Experiments so far ({len(ctx.history)})\n" + format_history(ctx.history))
-        for section in (failures(ctx.history), losses(ctx.history), changes(ctx.history, name)):
+        for section in (failures(ctx.history), losses(ctx.history, ctx.best_commit), changes(ctx.history, name)):
             if section:
                 parts.append(section)
     else:
